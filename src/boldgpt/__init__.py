@@ -1,0 +1,45 @@
+"""boldgpt: GPT- and BEiT-style foundation models for fMRI brain-activity flat maps.
+
+Quick start::
+
+    import boldgpt
+    model = boldgpt.create_model("boldgpt_tiny_patch10")
+    out = model(batch)          # batch: {"activity": (B, 215, 200), "subject_id": (B,)}
+    out.loss.backward()
+    maps = model.sample(4)      # (4, 215, 200)
+    boldgpt.save_model(model, "my_model")
+    model = boldgpt.load_model("my_model")
+
+The names below are imported lazily, so ``import boldgpt`` is cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "create_model": "boldgpt.models.registry",
+    "list_models": "boldgpt.models.registry",
+    "save_model": "boldgpt.models.registry",
+    "load_model": "boldgpt.models.registry",
+    "load_original_checkpoint": "boldgpt.models.original",
+    "MaskedPatchify": "boldgpt.patching",
+    "KMeansTokenizer": "boldgpt.tokenizer",
+    "MaskedPCA": "boldgpt.models.pca",
+    "load_nsd_flat": "boldgpt.data.nsd_flat",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'boldgpt' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,66 @@
+"""The ``boldgpt`` command.
+
+Each command group lives in its own module of this package and exposes
+``register(subparsers)``, which adds its parsers and sets ``func`` on them. Heavy
+imports (torch, datasets) happen inside the command functions so that ``--help``
+stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from boldgpt.errors import BoldGPTError
+
+# Modules of boldgpt.cli that contribute commands, in the order --help lists them.
+COMMAND_MODULES = ("data", "vocab", "models", "train", "generate", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="boldgpt",
+        description=(
+            "Foundation models for fMRI brain-activity flat maps (NSD-Flat): data, "
+            "tokenizer, training, generation, evaluation and reports. Every command runs "
+            "offline on the embedded simulated dataset unless you name a hub id."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"boldgpt.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"boldgpt.cli.{name}":
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"boldgpt {version('boldgpt')}"
+    except PackageNotFoundError:
+        return "boldgpt (not installed)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (BoldGPTError, FileNotFoundError) as exc:
+        print(f"boldgpt: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("boldgpt: interrupted", file=sys.stderr)
+        return 130

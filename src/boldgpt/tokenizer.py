@@ -1,0 +1,84 @@
+"""K-means patch tokenizer: a vocabulary of typical patches for categorical models."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from boldgpt.errors import DataError
+
+
+class KMeansTokenizer(nn.Module):
+    """Map patches to the id of their nearest vocabulary entry (and back).
+
+    Args:
+        vocab_size: number of tokens V.
+        dim: values per patch (``channels * patch_size**2``).
+
+    Buffer ``vocab`` (V, dim) holds the centroids; it starts as zeros and is set by
+    :meth:`fit` or by loading a state dict.
+    """
+
+    vocab: torch.Tensor
+
+    def __init__(self, vocab_size: int, dim: int):
+        super().__init__()
+        if vocab_size < 2:
+            raise ValueError(f"vocab_size must be at least 2; got {vocab_size}")
+        self.vocab_size = vocab_size
+        self.dim = dim
+        self.register_buffer("vocab", torch.zeros(vocab_size, dim))
+
+    @property
+    def is_fitted(self) -> bool:
+        return bool(self.vocab.abs().sum() > 0)
+
+    @torch.no_grad()
+    def fit(
+        self,
+        patches: np.ndarray | torch.Tensor,
+        seed: int = 0,
+        batch_size: int = 4096,
+        max_iter: int = 100,
+    ) -> KMeansTokenizer:
+        """Fit the vocabulary by mini-batch k-means on patches (M, dim)."""
+        from sklearn.cluster import MiniBatchKMeans
+
+        x = np.asarray(patches.cpu() if torch.is_tensor(patches) else patches, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise DataError(f"expected patches of shape (M, {self.dim}); got {x.shape}")
+        if len(x) < self.vocab_size:
+            raise DataError(
+                f"need at least vocab_size={self.vocab_size} patches to fit; got {len(x)}"
+            )
+        if not np.isfinite(x).all():
+            raise DataError("patches contain NaN or Inf")
+        kmeans = MiniBatchKMeans(
+            n_clusters=self.vocab_size,
+            batch_size=batch_size,
+            max_iter=max_iter,
+            n_init=3,
+            random_state=seed,
+        )
+        kmeans.fit(x)
+        self.vocab.copy_(torch.from_numpy(kmeans.cluster_centers_.astype(np.float32)))
+        return self
+
+    @torch.no_grad()
+    def encode(self, patches: torch.Tensor) -> torch.Tensor:
+        """Patches (..., dim) -> token ids (...) int64 (nearest centroid, Euclidean)."""
+        if patches.shape[-1] != self.dim:
+            raise ValueError(f"expected patches (..., {self.dim}); got {tuple(patches.shape)}")
+        flat = patches.reshape(-1, self.dim).to(self.vocab.dtype)
+        tokens = torch.cdist(flat, self.vocab).argmin(dim=-1)
+        return tokens.reshape(patches.shape[:-1])
+
+    forward = encode
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids (...) -> patches (..., dim): the centroids."""
+        return self.vocab[tokens]
+
+    def extra_repr(self) -> str:
+        return f"vocab_size={self.vocab_size}, dim={self.dim}"
