@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save
 from torch import nn
 
-from boldgpt.errors import DataError
+from boldgpt.errors import CheckpointError, DataError
+from boldgpt.patching import MaskedPatchify
+from boldgpt.utils.io import atomic_write
 
 
 class KMeansTokenizer(nn.Module):
@@ -82,3 +88,38 @@ class KMeansTokenizer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"vocab_size={self.vocab_size}, dim={self.dim}"
+
+
+def interior_patches(maps: torch.Tensor, patchify: MaskedPatchify) -> torch.Tensor:
+    """The patches fully inside the mask of maps (B, H, W), flattened to (B * n, dim):
+    what the vocabulary is fitted on (border patches are mostly zeros)."""
+    return patchify(maps)[:, patchify.interior].reshape(-1, patchify.dim)
+
+
+def save_tokenizer(
+    tokenizer: KMeansTokenizer, path: str | os.PathLike, **metadata: str | int | float
+) -> None:
+    """Write the vocabulary to a safetensors file (atomically), with ``metadata``
+    (e.g. patch_size, source) stored beside it."""
+    meta = {"format": "boldgpt.KMeansTokenizer", "vocab_size": str(tokenizer.vocab_size)}
+    meta.update({k: str(v) for k, v in metadata.items()})
+    with atomic_write(path, "wb") as f:
+        f.write(save({"vocab": tokenizer.vocab.contiguous()}, metadata=meta))
+
+
+def load_tokenizer(path: str | os.PathLike) -> tuple[KMeansTokenizer, dict[str, str]]:
+    """Read a vocabulary written by :func:`save_tokenizer`; returns it with its metadata."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"vocabulary file not found: {path}")
+    with safe_open(path, "pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != "boldgpt.KMeansTokenizer" or "vocab" not in f.keys():  # noqa: SIM118
+            raise CheckpointError(
+                f"{path} is not a boldgpt vocabulary file (expected format "
+                f"'boldgpt.KMeansTokenizer' with a 'vocab' tensor)"
+            )
+        vocab = f.get_tensor("vocab")
+    tokenizer = KMeansTokenizer(vocab.shape[0], vocab.shape[1])
+    tokenizer.vocab.copy_(vocab)
+    return tokenizer, meta
