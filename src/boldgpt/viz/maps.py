@@ -43,8 +43,7 @@ def show_map(
         values = np.where(mask, values, np.nan)
     if vmin is None and vmax is not None:
         vmin = -vmax
-    cm = matplotlib.colormaps[cmap].copy()
-    cm.set_bad(BACKGROUND)
+    cm = matplotlib.colormaps[cmap].with_extremes(bad=BACKGROUND)
     im = ax.imshow(values, cmap=cm, vmin=vmin, vmax=vmax, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])

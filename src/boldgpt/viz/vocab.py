@@ -50,8 +50,7 @@ def plot_vocab(
                 canvas[r * (p + gap) : r * (p + gap) + p, c * (p + gap) : c * (p + gap) + p] = tile
     size = min(12.0, max(4.0, cols * 0.35))
     fig, ax = plt.subplots(figsize=(size, size * rows / cols + 0.4))
-    cmap = plt.get_cmap(ACTIVITY_CMAP).copy()
-    cmap.set_bad("white")
+    cmap = plt.get_cmap(ACTIVITY_CMAP).with_extremes(bad="white")
     im = ax.imshow(
         canvas, cmap=cmap, vmin=-ACTIVITY_VMAX, vmax=ACTIVITY_VMAX, interpolation="nearest"
     )
