@@ -1,0 +1,39 @@
+"""boldgpt models: the transformer backbone, IGPT (shuffled-order GPT), BEiT, the
+registry and model files, import of the seed project's checkpoints, and the MaskedPCA
+baseline.
+
+The names below are imported lazily (``from boldgpt.models import IGPT``), so that
+importing one model module does not pull in the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "Transformer": "boldgpt.models.transformer",
+    "ModelOutput": "boldgpt.models.transformer",
+    "IGPT": "boldgpt.models.igpt",
+    "BEiT": "boldgpt.models.beit",
+    "KVCache": "boldgpt.models.layers",
+    "create_model": "boldgpt.models.registry",
+    "list_models": "boldgpt.models.registry",
+    "register_model": "boldgpt.models.registry",
+    "save_model": "boldgpt.models.registry",
+    "load_model": "boldgpt.models.registry",
+    "load_original_checkpoint": "boldgpt.models.original",
+    "MaskedPCA": "boldgpt.models.pca",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'boldgpt.models' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

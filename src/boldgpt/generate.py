@@ -1,0 +1,388 @@
+"""Generation and scoring with boldgpt models: sampling new maps, completing partial
+maps in any order, inpainting, and per-patch likelihood.
+
+Autoregressive models (IGPT) decode one patch at a time. The observed patches of a
+completion come first in the sequence (all of them, so every generated patch sees
+them), then the remaining patches in the requested order: ``"fixed"`` (the model's
+fixed order), ``"random"``, or a given permutation of the slots. Models trained
+without next-position queries (``shuffle=False``) can only walk their fixed order;
+observed patches are then fed in place as the walk reaches them. With
+``use_cache=True`` the prompt runs once and each step feeds a single token through a
+KV cache; the result equals the uncached one to float precision.
+
+Bidirectional models (BEiT) decode by iterative parallel decoding: predict all
+unknown patches, commit a share of them (cosine schedule, ``num_steps`` rounds) in
+the requested order, repeat.
+
+Token models draw from ``softmax(logits / temperature)`` restricted to the ``top_k``
+most likely tokens (``temperature=0``: the most likely token); continuous models feed
+back their predicted mean, plus Gaussian noise of std ``noise_std`` if asked.
+Observed (prompt) patches are never changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from boldgpt.patching import permute, unpermute
+
+Order = str | torch.Tensor
+
+
+@contextlib.contextmanager
+def _inference(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout, no shuffling) and no autograd; restores the mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def sample(
+    model: Any,
+    batch_size: int,
+    *,
+    subject_id: int | torch.Tensor | None = None,
+    order: Order = "fixed",
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    noise_std: float = 0.0,
+    context: torch.Tensor | None = None,
+    use_cache: bool = True,
+    num_steps: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Draw ``batch_size`` new maps (B, H, W) (images: (B, C, H, W)).
+
+    Args:
+        model: an IGPT or BEiT model.
+        subject_id: an int or (B,) ids; None samples from the group prior (the
+            subject token without a subject embedding).
+        order: generation order: ``"fixed"``, ``"random"`` or a permutation (N,) /
+            (B, N) of the slots.
+        temperature, top_k: token sampling (categorical models).
+        noise_std: Gaussian noise added to continuous predictions (0: deterministic).
+        context: (B, M, C) for cross-attention models.
+        use_cache: KV-cache decoding (autoregressive models).
+        num_steps: rounds of parallel decoding (BEiT; default min(N, 16)).
+        generator: RNG for orders, tokens and noise (default: torch's global RNG).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive; got {batch_size}")
+    p = model.patchify
+    patches = torch.zeros(batch_size, p.num_patches, p.dim, device=model.device)
+    observed = torch.zeros(batch_size, p.num_patches, dtype=torch.bool, device=model.device)
+    out = complete(
+        model,
+        patches,
+        observed,
+        subject_id=subject_id,
+        order=order,
+        temperature=temperature,
+        top_k=top_k,
+        noise_std=noise_std,
+        context=context,
+        use_cache=use_cache,
+        num_steps=num_steps,
+        generator=generator,
+    )
+    return p.inverse(out)
+
+
+def complete(
+    model: Any,
+    patches: torch.Tensor,
+    observed: torch.Tensor,
+    *,
+    subject_id: int | torch.Tensor | None = None,
+    order: Order = "fixed",
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    noise_std: float = 0.0,
+    context: torch.Tensor | None = None,
+    use_cache: bool = True,
+    num_steps: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Fill in the unobserved patches of partially observed maps.
+
+    Args:
+        patches: (B, N, P) in the model's slot order (values of unobserved patches
+            are ignored).
+        observed: (B, N) bool, True for patches given as the prompt; any set, any
+            size per sample.
+        Others: as in :func:`sample`.
+
+    Returns:
+        (B, N, P) patches, equal to ``patches`` where ``observed``.
+    """
+    p = model.patchify
+    B = patches.shape[0]
+    if patches.ndim != 3 or patches.shape[1:] != (p.num_patches, p.dim):
+        raise ValueError(
+            f"patches must have shape (B, {p.num_patches}, {p.dim}); got {tuple(patches.shape)}"
+        )
+    if observed.shape != (B, p.num_patches) or observed.dtype != torch.bool:
+        raise ValueError(
+            f"observed must be bool of shape ({B}, {p.num_patches}); "
+            f"got {observed.dtype} {tuple(observed.shape)}"
+        )
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0; got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be a positive integer or None; got {top_k}")
+    patches = patches.to(model.device)
+    observed = observed.to(model.device)
+    if not torch.isfinite(patches[observed]).all():
+        raise ValueError("observed patches contain NaN or Inf")
+    draw = dict(temperature=temperature, top_k=top_k, noise_std=noise_std, generator=generator)
+    with _inference(model):
+        sid = model.check_subject(subject_id, B, require=False)
+        if model.causal:
+            return _complete_autoregressive(
+                model, patches, observed, sid, order, context, use_cache, draw
+            )
+        return _complete_parallel(model, patches, observed, sid, order, context, num_steps, draw)
+
+
+def inpaint(
+    model: Any,
+    maps: torch.Tensor,
+    known: torch.Tensor,
+    *,
+    subject_id: int | torch.Tensor | None = None,
+    order: Order = "fixed",
+    **kwargs: Any,
+) -> torch.Tensor:
+    """Complete maps of which only the ``known`` pixels are given.
+
+    Args:
+        maps: (B, H, W) (images: (B, C, H, W)); unknown pixels may hold anything,
+            NaN included.
+        known: bool, (H, W) or the shape of ``maps`` (or (B, H, W) for images): the
+            pixels to keep.
+        subject_id, order, **kwargs: as in :func:`sample`.
+
+    A patch whose in-mask pixels are all known is part of the prompt; the others are
+    generated, then their known pixels are pasted back.
+
+    Returns:
+        Maps of the input's shape: the known pixels unchanged, the model's completion
+        elsewhere inside the mask, zero outside it.
+    """
+    p = model.patchify
+    maps = maps.to(model.device)
+    known = torch.as_tensor(known, device=model.device).bool()
+    if known.ndim == maps.ndim - 1 and p.channels > 1:
+        known = known.unsqueeze(-3)  # one pixel mask for every channel
+    try:
+        known = known.expand_as(maps)
+    except RuntimeError:
+        raise ValueError(
+            f"known must be (H, W) or match maps {tuple(maps.shape)}; got {tuple(known.shape)}"
+        ) from None
+    clean = torch.where(known, maps, torch.zeros((), dtype=maps.dtype, device=maps.device))
+    model.check_maps(clean)
+    known_patches = p(known.to(maps.dtype)) > 0
+    observed = (known_patches | ~p.patch_mask).all(dim=-1)
+    completed = complete(model, p(clean), observed, subject_id=subject_id, order=order, **kwargs)
+    return torch.where(known, clean, p.inverse(completed))
+
+
+def likelihood(
+    model: Any,
+    maps: torch.Tensor,
+    *,
+    subject_id: int | torch.Tensor | None = None,
+    order: Order = "fixed",
+    num_orders: int = 1,
+    context: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Per-patch score of maps under an autoregressive model, (B, N) in slot order.
+
+    Token models: negative log-likelihood (nats) of each patch's token given the
+    patches before it in the order. Continuous models: squared error of the predicted
+    patch, averaged over its in-mask pixels. With ``order="random"`` and
+    ``num_orders`` > 1 the scores are averaged over that many random orders.
+    """
+    if not model.causal:
+        raise ValueError("likelihood needs an autoregressive (IGPT) model")
+    if num_orders < 1:
+        raise ValueError(f"num_orders must be >= 1; got {num_orders}")
+    if num_orders > 1 and not (isinstance(order, str) and order == "random"):
+        raise ValueError("num_orders > 1 averages over random orders: pass order='random'")
+    p = model.patchify
+    maps = maps.to(model.device)
+    with _inference(model):
+        B = model.check_maps(maps)
+        sid = model.check_subject(subject_id, B, require=False)
+        patches = p(maps)
+        N = p.num_patches
+        total = torch.zeros(B, N, device=model.device)
+        for _ in range(num_orders):
+            seq_order = model.resolve_order(order, B, generator)
+            seq = permute(patches, seq_order)
+            end = seq_order.new_full((B, 1), N)
+            out = model.decode(seq, seq_order, torch.cat([seq_order, end], 1), sid, context)
+            out = out[:, :N].float()
+            if model.tokenizer is not None:
+                tokens = model.encode_targets(seq)
+                score = F.cross_entropy(out.transpose(1, 2), tokens, reduction="none")
+            else:
+                m = p.patch_mask[seq_order].float()
+                score = ((out - seq).square() * m).sum(-1) / m.sum(-1).clamp_min(1.0)
+            total += unpermute(score, seq_order)
+        return total / num_orders
+
+
+# ---- autoregressive decoding -------------------------------------------------------
+
+
+def _sequence_order(
+    model: Any, observed: torch.Tensor, order: Order, generator: torch.Generator | None
+) -> torch.Tensor:
+    """(B, N) decoding order: observed slots first (in fixed order), then the rest in
+    ``order``; for a model without queries, always the fixed order."""
+    B, N = observed.shape
+    if not model.shuffle:
+        return model.resolve_order(order, B)  # raises unless it is the fixed order
+    slots = torch.arange(N, device=observed.device).expand(B, N)
+    if isinstance(order, str) and order == "random":
+        rank = torch.rand(B, N, generator=generator, device=observed.device)
+    else:
+        rank = model.resolve_order(order, B).argsort(dim=1).float()
+    key = torch.where(observed, slots.float() - 2 * N, rank)
+    return key.argsort(dim=1, stable=True)
+
+
+def _complete_autoregressive(
+    model: Any,
+    patches: torch.Tensor,
+    observed: torch.Tensor,
+    subject_id: torch.Tensor | None,
+    order: Order,
+    context: torch.Tensor | None,
+    use_cache: bool,
+    draw: dict[str, Any],
+) -> torch.Tensor:
+    B, N, _ = patches.shape
+    seq_order = _sequence_order(model, observed, order, draw["generator"])
+    seq = permute(patches, seq_order)
+    seq_observed = permute(observed, seq_order)
+    next_slots = torch.cat([seq_order, seq_order.new_full((B, 1), N)], dim=1)
+    # steps observed in every sample form a shared prompt, run in one pass
+    k = int(seq_observed.long().cumprod(dim=1).sum(dim=1).min())
+    out = seq.clone()
+    if k == N:
+        return patches.clone()
+    # (legacy global registers see the whole sequence: nothing can be cached)
+    use_cache = use_cache and model.backbone.supports_cache
+    cache = model.init_cache() if use_cache else None
+    pred = None
+    for t in range(k, N):
+        if cache is None:
+            prefix = (out[:, :t], seq_order[:, :t], next_slots[:, : t + 1])
+            pred = model.decode(*prefix, subject_id, context, num_outputs=1)
+        elif t == k:
+            prompt = (out[:, :k], seq_order[:, :k], next_slots[:, : k + 1])
+            pred = model.decode(*prompt, subject_id, context, cache, num_outputs=1)
+        new = _draw(model, pred[:, -1], seq_order[:, t], **draw)
+        out[:, t] = torch.where(seq_observed[:, t, None], seq[:, t], new)
+        if cache is not None and t < N - 1:
+            step = (out[:, t : t + 1], seq_order[:, t : t + 1], next_slots[:, t + 1 : t + 2])
+            pred = model.decode(*step, None, context, cache, num_outputs=1)
+    return unpermute(out, seq_order)
+
+
+def _draw(
+    model: Any,
+    pred: torch.Tensor,
+    slots: torch.Tensor,
+    *,
+    temperature: float,
+    top_k: int | None,
+    noise_std: float,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Patches (M, P) from predictions (M, C) for slots (M,), zero outside the mask."""
+    if model.tokenizer is not None:
+        logits = pred.float()
+        if temperature == 0:
+            tokens = logits.argmax(dim=-1)
+        else:
+            logits = logits / temperature
+            if top_k is not None and top_k < logits.shape[-1]:
+                kth = logits.topk(top_k, dim=-1).values[..., -1:]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            probs = logits.softmax(dim=-1)
+            tokens = torch.multinomial(probs, 1, generator=generator)[:, 0]
+        values = model.tokenizer.decode(tokens)
+    else:
+        values = pred.float()
+        if noise_std > 0:
+            noise = torch.randn(values.shape, generator=generator, device=values.device)
+            values = values + noise_std * noise
+    return values * model.patchify.patch_mask[slots]
+
+
+# ---- parallel decoding (BEiT) ------------------------------------------------------
+
+
+def _complete_parallel(
+    model: Any,
+    patches: torch.Tensor,
+    observed: torch.Tensor,
+    subject_id: torch.Tensor | None,
+    order: Order,
+    context: torch.Tensor | None,
+    num_steps: int | None,
+    draw: dict[str, Any],
+) -> torch.Tensor:
+    B, N, _ = patches.shape
+    num_steps = num_steps or min(N, 16)
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be positive; got {num_steps}")
+    if isinstance(order, str) and order == "random":
+        rank = torch.rand(B, N, generator=draw["generator"], device=patches.device)
+    elif isinstance(order, str) and order == "fixed":
+        rank = torch.arange(N, device=patches.device).float().expand(B, N)
+    else:
+        rank = _check_permutation(order, B, N, patches.device).argsort(dim=1).float()
+    # position of each unknown slot in the commit sequence (observed ones last)
+    position = torch.where(observed, torch.inf, rank).argsort(dim=1).argsort(dim=1)
+    unknown = (~observed).sum(dim=1, keepdim=True)
+    out = torch.where(observed[..., None], patches, torch.zeros_like(patches))
+    known = observed.clone()
+    for step in range(num_steps):
+        # cosine schedule: the share still unknown after this step (MaskGIT)
+        still = math.cos(math.pi / 2 * (step + 1) / num_steps)
+        done = unknown - torch.floor(unknown * still).long()
+        commit = ~known & (position < done)
+        if not commit.any():
+            continue
+        pred = model.predict_masked(out, ~known, subject_id, context)
+        slots = torch.nonzero(commit)[:, 1]
+        out[commit] = _draw(model, pred[commit], slots, **draw).to(out.dtype)
+        known |= commit
+    return out
+
+
+def _check_permutation(order: torch.Tensor, B: int, N: int, device: torch.device) -> torch.Tensor:
+    order = torch.as_tensor(order, device=device)
+    if order.ndim == 1:
+        order = order.expand(B, -1)
+    if order.shape != (B, N) or order.is_floating_point():
+        raise ValueError(f"order must be integer slots of shape ({N},) or ({B}, {N})")
+    if not torch.equal(order.sort(dim=1).values, torch.arange(N, device=device).expand(B, N)):
+        raise ValueError(f"order must be a permutation of the {N} slots in every row")
+    return order.long()

@@ -1,0 +1,266 @@
+"""IGPT (boldGPT): autoregressive next-patch prediction over the patches of a map, in
+the model's fixed order or in a fresh random order per sample (shuffled training).
+
+With an order pi (B, N) of the slots, the sequence is
+``[subject token (+ registers), patch pi_0, ..., patch pi_{N-1}]`` under causal
+attention, and the output at step t predicts the patch at slot pi_t from the subject
+and patches pi_0..pi_{t-1}; the next-position query tells each position which slot
+that is (see :mod:`boldgpt.models.transformer`). Targets are the patch values (MSE on
+in-mask pixels only) or their k-means token ids (cross-entropy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from boldgpt.models.layers import KVCache
+from boldgpt.models.transformer import ModelOutput, PatchModel, config_kwargs
+from boldgpt.patching import permute, random_order
+
+
+class IGPT(PatchModel):
+    """Causal transformer over the patches of a flat map (or image).
+
+    Args:
+        mask: bool (H, W), the pixels with signal (the NSD-Flat cortex mask for BOLD
+            maps, all True for images).
+        patch_size, channels: patch side in pixels; values per pixel.
+        ordering: fixed patch order (``raster``, ``radial``, ``reverse_radial``,
+            ``random`` or a priority map); ``patch_indices`` (a stored order) wins.
+        embed_dim, depth, num_heads, mlp_ratio: transformer size.
+        num_subjects, subject_embed, subject_dropout: per-subject embeddings.
+        shuffle: train in a random order per sample, with next-position queries (so
+            the model can decode in any order). False: always the fixed order, no
+            queries.
+        categorical, vocab_size: predict k-means token ids (cross-entropy) instead of
+            patch values (in-mask MSE). The tokenizer's vocabulary must be fitted
+            (``model.tokenizer.fit``) before training.
+        num_registers: extra learned tokens (after the subject token; causal-safe).
+        legacy_registers: put registers where the seed project did (appended, global
+            attention). Leaks later patches into earlier predictions; only for
+            running that project's checkpoints.
+        context_dim: cross-attend to a context sequence of this width (image2bold).
+        qkv_bias, qk_norm, layer_scale, drop_path, drop, attn_drop, head_drop: block
+            and regularisation options (see :class:`~boldgpt.models.transformer.
+            Transformer`).
+        input_key: batch key of the maps (``activity`` or ``image``).
+        pos_init: ``sincos`` (default): slot position embeddings and next-position
+            queries start as 2-D sine-cosine features of the patches' places (then
+            learned), so a shuffled model starts out knowing which slots are near
+            each other; ``random``: truncated normal, as in the seed project.
+    """
+
+    causal = True
+
+    def __init__(
+        self,
+        mask: np.ndarray | torch.Tensor,
+        *,
+        patch_size: int = 10,
+        channels: int = 1,
+        ordering: str | np.ndarray = "radial",
+        patch_indices: Any = None,
+        embed_dim: int = 192,
+        depth: int = 12,
+        num_heads: int = 3,
+        mlp_ratio: float = 4.0,
+        num_subjects: int = 8,
+        subject_embed: bool = True,
+        subject_dropout: float = 0.0,
+        shuffle: bool = True,
+        categorical: bool = False,
+        vocab_size: int = 1024,
+        num_registers: int = 0,
+        legacy_registers: bool = False,
+        context_dim: int | None = None,
+        qkv_bias: bool = False,
+        qk_norm: bool = False,
+        layer_scale: float | None = None,
+        drop_path: float = 0.0,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        head_drop: float = 0.0,
+        input_key: str = "activity",
+        pos_init: str = "sincos",
+    ):
+        kwargs = config_kwargs(locals())
+        super().__init__(
+            mask,
+            patch_size=patch_size,
+            channels=channels,
+            ordering=ordering,
+            patch_indices=patch_indices,
+            categorical=categorical,
+            vocab_size=vocab_size,
+            input_key=input_key,
+            head_drop=head_drop,
+            pos_init=pos_init,
+            backbone=dict(
+                embed_dim=embed_dim,
+                depth=depth,
+                num_heads=num_heads,
+                mlp_ratio=mlp_ratio,
+                num_subjects=num_subjects,
+                subject_embed=subject_embed,
+                subject_dropout=subject_dropout,
+                next_pos_query=shuffle,
+                num_registers=num_registers,
+                register_layout="legacy_global" if legacy_registers else "prefix",
+                context_dim=context_dim,
+                qkv_bias=qkv_bias,
+                qk_norm=qk_norm,
+                layer_scale=layer_scale,
+                drop_path=drop_path,
+                drop=drop,
+                attn_drop=attn_drop,
+            ),
+        )
+        self.shuffle = shuffle
+        self.config = {"name": "igpt", "kwargs": kwargs}
+
+    # ---- orders --------------------------------------------------------------------
+
+    def fixed_order(self, batch_size: int) -> torch.Tensor:
+        """(B, N) the fixed order: slot t at step t."""
+        return torch.arange(self.num_patches, device=self.device).expand(batch_size, -1)
+
+    def resolve_order(
+        self,
+        order: str | torch.Tensor | None,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """The (B, N) order of a forward pass.
+
+        ``None``: a random order per sample while training a shuffled model (drawn
+        from torch's global RNG, or ``generator``), else the fixed order; ``"fixed"``;
+        ``"random"``; or a permutation of the N slots, (N,) or (B, N).
+        """
+        N = self.num_patches
+        if order is None:
+            order = "random" if self.shuffle and self.training else "fixed"
+        if isinstance(order, str):
+            if order == "fixed":
+                return self.fixed_order(batch_size)
+            if order != "random":
+                raise ValueError(f"order must be 'fixed', 'random' or a tensor; got {order!r}")
+            self._require_shuffle("a random order")
+            return random_order(batch_size, N, generator=generator, device=self.device)[0]
+        order = torch.as_tensor(order, device=self.device)
+        if order.ndim == 1:
+            order = order.expand(batch_size, -1)
+        if order.shape != (batch_size, N) or order.is_floating_point():
+            raise ValueError(
+                f"order must be integer slots of shape ({N},) or ({batch_size}, {N}); "
+                f"got {order.dtype} {tuple(order.shape)}"
+            )
+        arange = torch.arange(N, device=order.device)
+        if not torch.equal(order.sort(dim=1).values, arange.expand_as(order)):
+            raise ValueError(f"order must be a permutation of the {N} slots in every row")
+        if not self.shuffle and not torch.equal(order, arange.expand_as(order)):
+            self._require_shuffle("an order other than the fixed one")
+        return order.long()
+
+    def _require_shuffle(self, what: str) -> None:
+        if not self.shuffle:
+            raise ValueError(
+                f"{what} needs next-position queries; this model was built with "
+                "shuffle=False and only decodes in its fixed order"
+            )
+
+    # ---- the network ---------------------------------------------------------------
+
+    def decode(
+        self,
+        patches: torch.Tensor,
+        slots: torch.Tensor,
+        next_slots: torch.Tensor | None,
+        subject_id: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        num_outputs: int | None = None,
+    ) -> torch.Tensor:
+        """Predictions for a sequence (or, with a cache, its continuation).
+
+        Args:
+            patches: (B, T, P) the patches of the sequence, in sequence order.
+            slots: (B, T) or (T,) their slots.
+            next_slots: (B, L) the slot each output must predict, N = the end; L = T + 1
+                when the sequence starts here (the last prefix token predicts the
+                first slot), L = T when continuing a cache. Ignored (may be None)
+                without next-position queries.
+            subject_id: (B,) or None (group prior); used when the sequence starts.
+            context: (B, M, context_dim) for cross-attention models.
+            cache: a KV cache (:meth:`init_cache`); empty = start, else continue.
+            num_outputs: return only the last this many predictions.
+
+        Returns:
+            (B, L or num_outputs, C): predictions for ``next_slots``.
+        """
+        b = self.backbone
+        B, T = patches.shape[:2]
+        x = b.embed_patches(patches, slots)
+        starts = cache is None or cache.length == 0
+        if starts:
+            x = torch.cat([b.prefix(subject_id, B), x], dim=1)
+        L = T + 1 if starts else T
+        if b.has_next_pos_query:
+            if next_slots is None or next_slots.shape != (B, L):
+                got = None if next_slots is None else tuple(next_slots.shape)
+                raise ValueError(f"next_slots must have shape ({B}, {L}); got {got}")
+            # queries ride on the last L tokens: the last prefix token and the patches
+            x = x + F.pad(b.queries(next_slots), (0, 0, x.shape[1] - L, 0))
+        h = b(x, context, cache)
+        return self.predict(h[:, -(num_outputs or L) :])
+
+    def init_cache(self) -> KVCache:
+        """An empty KV cache for decoding full sequences (prefix + N patches); its
+        buffers are allocated on first use, for that batch."""
+        return self.backbone.init_cache(self.backbone.num_prefix + self.num_patches)
+
+    def forward(
+        self,
+        batch: Mapping[str, torch.Tensor],
+        *,
+        order: str | torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+    ) -> ModelOutput:
+        """Next-patch prediction loss of a prepared batch.
+
+        Args:
+            batch: ``activity`` (B, H, W) float z-values (or ``image`` (B, C, H, W) for
+                image models) and ``subject_id`` (B,) int64.
+            order: see :meth:`resolve_order` (default: random per sample while
+                training a shuffled model, else fixed).
+            context: (B, M, context_dim) for cross-attention models.
+
+        Returns:
+            :class:`ModelOutput` with ``output`` (B, N, C) in sequence order,
+            ``target``, ``order`` (B, N) and the loss: MSE over in-mask pixels, or
+            mean cross-entropy over all B x N tokens.
+        """
+        maps, subject_id = self.check_inputs(batch)
+        patches = self.patchify(maps)
+        B, N = patches.shape[:2]
+        order = self.resolve_order(order, B)
+        seq = permute(patches, order)
+        end = order.new_full((B, 1), N)
+        output = self.decode(seq, order, torch.cat([order, end], dim=1), subject_id, context)
+        output = output[:, :N]  # the end query's output predicts nothing
+        metrics: dict[str, torch.Tensor] = {}
+        if self.tokenizer is not None:
+            target = self.encode_targets(seq)
+            loss = F.cross_entropy(output.flatten(0, 1).float(), target.flatten())
+            with torch.no_grad():
+                metrics["accuracy"] = (output.argmax(-1) == target).float().mean()
+        else:
+            target = seq
+            loss = self.masked_mse(output, target, self.patchify.patch_mask[order])
+        return ModelOutput(
+            loss=loss, output=output, target=target, patches=patches, order=order, metrics=metrics
+        )

@@ -1,0 +1,156 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from boldgpt.models.layers import (
+    Attention,
+    Block,
+    CrossAttention,
+    DropPath,
+    KVCache,
+    LayerScale,
+    param_groups,
+)
+from boldgpt.models.transformer import Transformer
+
+
+def reference_attention(attn: Attention, x: torch.Tensor, causal: bool) -> torch.Tensor:
+    """Attention written out by hand: kv output = [keys | values], heads split."""
+    B, T, D = x.shape
+    H, d = attn.num_heads, attn.head_dim
+    q = (x @ attn.q.weight.T).view(B, T, H, d).transpose(1, 2)
+    kv = x @ attn.kv.weight.T
+    k = kv[..., :D].reshape(B, T, H, d).transpose(1, 2)
+    v = kv[..., D:].reshape(B, T, H, d).transpose(1, 2)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(d)
+    if causal:
+        future = torch.ones(T, T, dtype=torch.bool).triu(1)
+        scores = scores.masked_fill(future, float("-inf"))
+    y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, D)
+    return y @ attn.proj.weight.T + attn.proj.bias
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention_matches_written_out_reference(causal):
+    torch.manual_seed(0)
+    attn = Attention(24, 3).eval()
+    nn.init.normal_(attn.proj.bias)
+    x = torch.randn(2, 7, 24)
+    expected = reference_attention(attn, x, causal)
+    assert torch.allclose(attn(x, causal=causal), expected, atol=1e-5)
+
+
+def test_causal_attention_ignores_later_tokens():
+    torch.manual_seed(0)
+    attn = Attention(16, 2).eval()
+    x = torch.randn(1, 9, 16)
+    y = x.clone()
+    y[:, 5:] = torch.randn(1, 4, 16)
+    a, b = attn(x, causal=True), attn(y, causal=True)
+    assert torch.allclose(a[:, :5], b[:, :5], atol=1e-6)
+    assert not torch.allclose(a[:, 5:], b[:, 5:], atol=1e-3)
+
+
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_block_cache_in_chunks_equals_full_pass(qk_norm):
+    torch.manual_seed(0)
+    block = Block(32, 4, qk_norm=qk_norm, layer_scale=0.5).eval()
+    x = torch.randn(3, 12, 32)
+    full = block(x, causal=True)
+    cache = KVCache(12)
+    # a 4-token prompt, a 3-token chunk (needs the offset causal mask), then single tokens
+    chunks = [(0, 4), (4, 7)] + [(t, t + 1) for t in range(7, 12)]
+    parts = []
+    for a, b in chunks:
+        parts.append(block(x[:, a:b], causal=True, cache=cache, layer=0))
+        cache.advance(b - a)
+    assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)
+
+
+def test_cross_attention_cache_reuses_context():
+    torch.manual_seed(0)
+    block = Block(16, 2, cross_attn=True).eval()
+    x, context = torch.randn(2, 6, 16), torch.randn(2, 5, 16)
+    full = block(x, context, causal=True)
+    cache = KVCache(6)
+    first = block(x[:, :3], context, causal=True, cache=cache, layer=0)
+    cache.advance(3)
+    # later steps need no context: the cached keys/values are used
+    rest = []
+    for t in range(3, 6):
+        rest.append(block(x[:, t : t + 1], None, causal=True, cache=cache, layer=0))
+        cache.advance(1)
+    assert torch.allclose(torch.cat([first, *rest], 1), full, atol=1e-5)
+    other = block(x, torch.randn(2, 5, 16), causal=True)
+    assert not torch.allclose(other, full, atol=1e-3)
+
+
+def test_cross_attention_without_context_raises():
+    attn = CrossAttention(8, 2)
+    with pytest.raises(ValueError, match="context"):
+        attn(torch.randn(1, 2, 8), None)
+
+
+def test_cache_overflow_and_batch_mismatch_raise():
+    attn = Attention(8, 2)
+    cache = KVCache(3)
+    attn(torch.randn(2, 3, 8), causal=True, cache=cache)
+    cache.advance(3)
+    with pytest.raises(ValueError, match="overflow"):
+        attn(torch.randn(2, 1, 8), causal=True, cache=cache)
+    cache = KVCache(4)
+    attn(torch.randn(2, 1, 8), cache=cache)
+    cache.advance(1)
+    with pytest.raises(ValueError, match="batch"):
+        attn(torch.randn(3, 1, 8), cache=cache)
+
+
+def test_drop_path_drops_whole_samples():
+    torch.manual_seed(0)
+    layer = DropPath(0.5)
+    x = torch.ones(400, 3, 4)
+    assert torch.equal(layer.eval()(x), x)
+    y = layer.train()(x)
+    per_sample = y.flatten(1)
+    # every sample is either dropped entirely or kept and scaled by 1 / (1 - p)
+    assert set(per_sample.unique().tolist()) <= {0.0, 2.0}
+    assert (per_sample.min(1).values == per_sample.max(1).values).all()
+    kept = (per_sample[:, 0] > 0).float().mean().item()
+    assert 0.4 < kept < 0.6
+
+
+def test_layer_scale_scales_channels():
+    ls = LayerScale(4, 0.1)
+    assert torch.allclose(ls(torch.ones(2, 4)), torch.full((2, 4), 0.1))
+
+
+def test_param_groups_decay_only_linear_weights():
+    model = Transformer(
+        5, 6, embed_dim=16, depth=2, num_heads=2, num_registers=2, mask_token=True, layer_scale=0.1
+    )
+    model.blocks[1].mlp.fc2.weight.requires_grad_(False)
+    decay, no_decay = param_groups(model, 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    plain = {names[id(p)] for p in no_decay["params"]}
+    assert not decayed & plain
+    assert "blocks.1.mlp.fc2.weight" not in decayed | plain  # frozen: left out
+    for n in decayed:
+        assert n.endswith(".weight") and "norm" not in n
+    for n in (
+        "pos_embed",
+        "group_token",
+        "sub_embed",
+        "next_pos_query",
+        "eos_query",
+        "reg_embed",
+        "mask_token",
+        "blocks.0.norm1.weight",
+        "blocks.0.attn.proj.bias",
+        "blocks.0.ls1.gamma",
+    ):
+        assert n in plain, n
+    assert "blocks.0.attn.q.weight" in decayed and "patch_embed.weight" in decayed
