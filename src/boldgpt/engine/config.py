@@ -1,0 +1,517 @@
+"""Typed training configs: dataclasses loaded from YAML, with dotted command-line overrides.
+
+A config file mirrors :class:`TrainConfig`::
+
+    out_dir: runs/boldgpt_micro
+    data: {source: "sim:demo", batch_size: 32}
+    model: {name: boldgpt_micro_patch10, kwargs: {categorical: false}}
+    optim: {lr: 1.0e-3, warmup_steps: 100}
+    train: {max_steps: 2000, precision: bf16}
+
+and ``load_config("cfg.yaml", ["optim.lr=3e-4", "train.max_steps=10"])`` applies the
+overrides (values parsed as YAML) before validation. Every problem (an unknown key, a
+value of the wrong type, an impossible combination) raises :class:`ConfigError` naming
+the key, the value and what was expected, before anything is trained.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from boldgpt.errors import ConfigError
+from boldgpt.utils.io import atomic_write
+
+Precision = Literal["fp32", "bf16", "fp16"]
+SIM_PRESETS = ("ci", "demo", "full")
+
+
+@dataclass
+class DataConfig:
+    """Where the maps come from and how they are batched."""
+
+    source: str = "sim:demo"
+    """``sim:<preset>`` (embedded simulator), a local NSD-Flat directory, or a hub id."""
+    subjects: list[int] | None = None
+    """Subject ids (0-based) to train on; ``None`` = all."""
+    mask_file: str | None = None
+    """A bool (215, 200) ``.npy`` mask; default: the source's mask."""
+    batch_size: int = 32
+    """Maps per process per micro-step (global batch = this x processes x accumulation)."""
+    num_workers: int = 0
+    """DataLoader worker processes per training process (0 = load in the main process)."""
+    train_split: str = "train"
+    val_split: str = "val"
+    cache_root: str | None = None
+    """Parent directory of uint8 caches; default ``$BOLDGPT_HOME/cache``."""
+
+
+@dataclass
+class ModelConfig:
+    """Which model to train: a registry name with overrides, or an existing model."""
+
+    name: str = "boldgpt_micro_patch10"
+    """A registry name (``boldgpt list-models``), e.g. ``boldgpt_tiny_patch10``."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Overrides passed to ``create_model`` (e.g. ``{categorical: true}``)."""
+    init_from: str | None = None
+    """A model directory or hub id whose weights start the run (fine-tuning)."""
+    freeze: list[str] = field(default_factory=list)
+    """Glob patterns of parameter names to keep fixed, e.g. ``["backbone.blocks.0.*"]``."""
+    vocab: str | None = None
+    """Token models: a vocabulary file from ``boldgpt fit-vocab``. Without one, the
+    vocabulary is fitted on training maps at the start (and saved in OUT_DIR)."""
+    vocab_fit_maps: int = 2000
+    """Token models without ``vocab``: training maps whose interior patches fit it."""
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with a linear warmup and a cosine decay of the learning rate."""
+
+    lr: float = 1e-3
+    """Peak learning rate (reached after warmup)."""
+    min_lr: float = 1e-5
+    """Learning rate at the end of the cosine decay."""
+    weight_decay: float = 0.05
+    """Applied to weight matrices only (not biases, norms, embeddings, queries)."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    warmup_steps: int = 100
+    grad_clip: float | None = 1.0
+    """Clip the global gradient norm to this (``null`` = no clipping)."""
+    accumulation: int = 1
+    """Micro-batches per optimizer step (gradient accumulation)."""
+
+
+@dataclass
+class TrainLoopConfig:
+    """Length, precision and hardware of the run."""
+
+    max_steps: int = 1000
+    """Optimizer steps of the whole run (the schedule's length)."""
+    stop_after: int | None = None
+    """End this invocation after this many steps (checkpointed; resume continues)."""
+    max_minutes: float | None = None
+    """End this invocation after this much wall time (checkpointed; resume continues)."""
+    precision: Precision = "fp32"
+    """``bf16`` autocast (CPU and GPU), ``fp16`` autocast with loss scaling (GPU only)."""
+    compile: bool = False
+    """Run the model through ``torch.compile``."""
+    device: str = "auto"
+    """``auto`` (GPU if available), ``cpu``, ``cuda`` or ``cuda:N``."""
+    eval_every: int = 200
+    """Steps between validation passes (and best-checkpoint decisions)."""
+    eval_batches: int = 20
+    """Validation batches per pass (per process); 0 = the whole split."""
+    deterministic: bool = False
+    """Ask torch for deterministic kernels (slower on GPU)."""
+    threads: int | None = None
+    """CPU threads per process (``torch.set_num_threads``); null = torch's default. On
+    a busy machine 1 can be several times faster than oversubscribed cores."""
+
+
+@dataclass
+class LogConfig:
+    """What is written while training."""
+
+    every: int = 10
+    """Steps between log lines (JSON lines, TensorBoard, progress bar)."""
+    tensorboard: bool = True
+    wandb: bool = False
+    """Also log to Weights & Biases (needs ``pip install wandb``)."""
+    wandb_project: str = "boldgpt"
+    figures_every: int = 500
+    """Steps between example figures, also drawn at the end (0 = no figures)."""
+    num_examples: int = 4
+    """Maps per example figure."""
+    progress: bool = True
+    """Show a progress bar (loss, maps/s, ETA) on the main process."""
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpoints: rotation of the latest ones plus the best by validation loss."""
+
+    every: int = 200
+    """Steps between checkpoints."""
+    keep: int = 3
+    """Step checkpoints to keep (older ones are deleted; latest and best always stay)."""
+    resume: str = "auto"
+    """``auto`` (continue from ``OUT_DIR/checkpoints/latest.pt`` if it exists), ``no``
+    (start over, removing old checkpoints) or the path of a checkpoint file."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs. See ``configs/*.yaml`` for examples."""
+
+    out_dir: str = "runs/boldgpt"
+    seed: int = 0
+    debug: bool = False
+    """A few steps with frequent logging/eval/checkpoints, to check that a config runs."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def validate(self) -> TrainConfig:
+        """Check values and combinations; raise :class:`ConfigError` naming the key."""
+        _check_positive(self, "data.batch_size", "train.max_steps", "optim.accumulation")
+        _check_positive(self, "log.every", "train.eval_every", "checkpoint.every")
+        _check_positive(self, "checkpoint.keep", "log.num_examples")
+        _check_non_negative(self, "data.num_workers", "optim.warmup_steps")
+        _check_non_negative(self, "train.eval_batches", "log.figures_every", "optim.weight_decay")
+        if not self.optim.lr > 0:
+            raise ConfigError(f"optim.lr must be > 0; got {self.optim.lr}")
+        if not 0 <= self.optim.min_lr <= self.optim.lr:
+            raise ConfigError(
+                f"optim.min_lr must be in [0, optim.lr={self.optim.lr}]; got {self.optim.min_lr}"
+            )
+        if self.optim.warmup_steps > self.train.max_steps:
+            raise ConfigError(
+                f"optim.warmup_steps={self.optim.warmup_steps} is longer than "
+                f"train.max_steps={self.train.max_steps}"
+            )
+        if self.optim.grad_clip is not None and self.optim.grad_clip <= 0:
+            raise ConfigError(f"optim.grad_clip must be > 0 or null; got {self.optim.grad_clip}")
+        if not all(0 <= b < 1 for b in self.optim.betas):
+            raise ConfigError(f"optim.betas must be in [0, 1); got {list(self.optim.betas)}")
+        for key in ("train.stop_after", "train.max_minutes", "train.threads"):
+            value = _get(self, key)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{key} must be > 0 or null; got {value}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.train.device):
+            raise ConfigError(
+                f"train.device={self.train.device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'"
+            )
+        if self.data.subjects is not None and (
+            not self.data.subjects or min(self.data.subjects) < 0
+        ):
+            raise ConfigError(
+                f"data.subjects must be null or a non-empty list of subject ids >= 0; "
+                f"got {self.data.subjects}"
+            )
+        _check_source(self.data.source)
+        _check_positive(self, "model.vocab_fit_maps")
+        for key in ("data.mask_file", "model.init_from", "model.vocab"):
+            _check_local_or_hub(self, key)
+        resume = self.checkpoint.resume
+        if resume not in ("auto", "no") and not Path(resume).is_file():
+            raise ConfigError(
+                f"checkpoint.resume={resume!r}: expected 'auto', 'no' or an existing checkpoint "
+                f"file"
+            )
+        return self
+
+    def apply_debug(self) -> TrainConfig:
+        """Shrink the run to a few steps that exercise logging, eval, figures and
+        checkpoints (``debug: true``)."""
+        if not self.debug:
+            return self
+        cfg = copy.deepcopy(self)
+        cfg.train.max_steps = min(cfg.train.max_steps, 8)
+        cfg.optim.warmup_steps = min(cfg.optim.warmup_steps, 2)
+        cfg.train.eval_every = cfg.checkpoint.every = 4
+        cfg.train.eval_batches = min(cfg.train.eval_batches or 2, 2)
+        cfg.log.every = 1
+        cfg.log.figures_every = 4
+        cfg.train.compile = False
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, YAML/JSON-able dict (tuples become lists)."""
+        return _plain(dataclasses.asdict(self))
+
+    @property
+    def global_batch_size_per_process(self) -> int:
+        """Maps per optimizer step on one process (batch size x accumulation)."""
+        return self.data.batch_size * self.optim.accumulation
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _get(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _check_positive(cfg: TrainConfig, *keys: str) -> None:
+    for key in keys:
+        value = _get(cfg, key)
+        if value <= 0:
+            raise ConfigError(f"{key} must be > 0; got {value}")
+
+
+def _check_non_negative(cfg: TrainConfig, *keys: str) -> None:
+    for key in keys:
+        value = _get(cfg, key)
+        if value < 0:
+            raise ConfigError(f"{key} must be >= 0; got {value}")
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def _check_source(source: str) -> None:
+    if source.startswith("sim:"):
+        preset, _, seed = source[4:].partition(":")
+        if seed and not seed.isdigit():
+            raise ConfigError(
+                f"data.source={source!r}: expected 'sim:<preset>' or 'sim:<preset>:<seed>' "
+                f"with an integer seed"
+            )
+        if preset not in SIM_PRESETS:
+            raise ConfigError(
+                f"data.source={source!r}: unknown simulator preset {preset!r}; expected one of "
+                + ", ".join(f"'sim:{p}'" for p in SIM_PRESETS)
+                + _did_you_mean(preset, SIM_PRESETS)
+            )
+        return
+    if Path(source).is_dir():
+        return
+    if _HUB_ID.fullmatch(source) and not source.startswith((".", "/")):
+        return  # a hub id; reachability is checked when the data is loaded
+    raise ConfigError(
+        f"data.source={source!r}: no such directory; expected 'sim:<preset>' "
+        f"({', '.join(SIM_PRESETS)}), an existing NSD-Flat directory or a hub id 'owner/name'"
+    )
+
+
+def _check_local_or_hub(cfg: TrainConfig, key: str) -> None:
+    value = _get(cfg, key)
+    if value is None or Path(value).exists():
+        return
+    if key == "model.init_from" and _HUB_ID.fullmatch(value) and not value.startswith("."):
+        return
+    raise ConfigError(f"{key}={value!r}: no such file or directory")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(
+    path: str | os.PathLike | None = None, overrides: list[str] | None = None
+) -> TrainConfig:
+    """Read a YAML config (or start from the defaults when ``path`` is None), apply
+    ``key=value`` overrides, and return a validated :class:`TrainConfig`."""
+    raw: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+        raw = loaded
+    raw = apply_overrides(raw, overrides or [])
+    return config_from_dict(raw, where=where)
+
+
+def config_from_dict(raw: dict[str, Any], where: str = "config") -> TrainConfig:
+    """Build and validate a :class:`TrainConfig` from a nested dict."""
+    cfg = _build(TrainConfig, raw, prefix="", where=where)
+    return cfg.validate()
+
+
+def save_config(config: TrainConfig, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML (atomically), loadable by :func:`load_config`."""
+    with atomic_write(path, "w") as f:
+        yaml.safe_dump(config.to_dict(), f, sort_keys=False)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optim.lr=3e-4"`` -> ``(["optim", "lr"], 3e-4)``; the value is parsed as YAML."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key):
+        raise ConfigError(
+            f"override {text!r}: expected key=value with a dotted key, e.g. optim.lr=3e-4"
+        )
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value  # e.g. a glob like "blocks.*" with YAML-special characters
+    return key.split("."), parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each ``key=value`` override set (nested dicts are
+    created as needed; unknown keys are reported by validation)."""
+    out = copy.deepcopy(raw)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(
+                    f"override {text!r}: {'.'.join(parts[: i + 1])} is a value, not a section"
+                )
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def _did_you_mean(name: str, choices: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _build(cls: type, raw: Any, prefix: str, where: str) -> Any:
+    section = prefix.rstrip(".") or "the top level"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{where}: {section} must be a mapping of keys; got {type(raw).__name__} {raw!r}"
+        )
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in raw:
+        if key not in fields:
+            raise ConfigError(
+                f"{where}: unknown key '{prefix}{key}' in {section}; valid keys: "
+                f"{', '.join(fields)}{_did_you_mean(key, fields)}"
+            )
+    kwargs = {}
+    for name, value in raw.items():
+        kwargs[name] = _coerce(value, hints[name], f"{prefix}{name}", where)
+    return cls(**kwargs)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin is list:
+        item = typing.get_args(tp)[0]
+        plural = {int: "integers", float: "numbers", str: "strings", bool: "true/false values"}
+        return f"a list of {plural.get(item, _type_name(item))}"
+    if origin is tuple:
+        return f"a list of {len(typing.get_args(tp))} numbers"
+    if origin is dict:
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Check ``value`` against the type hint ``tp``; convert where unambiguous
+    (``"3e-4"`` -> 3e-4, which PyYAML reads as a string; ``1e4`` -> 10000 for ints)."""
+
+    def bad(extra: str = "") -> ConfigError:
+        return ConfigError(
+            f"{where}: {key}={value!r} ({type(value).__name__}): expected {_type_name(tp)}{extra}"
+        )
+
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, prefix=f"{key}.", where=where)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise bad()
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # X | None: X's own, more precise message
+            return _coerce(value, options[0], key, where)
+        for arg in options:
+            try:
+                return _coerce(value, arg, key, where)
+            except ConfigError:
+                continue
+        raise bad()
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value in choices:
+            return value
+        raise bad(_did_you_mean(value, [str(c) for c in choices]))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad()
+    if tp is int:
+        if isinstance(value, bool):
+            raise bad()
+        if isinstance(value, int):
+            return value
+        number = _as_number(value)
+        if number is not None and float(number).is_integer():
+            return int(number)
+        raise bad()
+    if tp is float:
+        if isinstance(value, bool):
+            raise bad()
+        number = _as_number(value)
+        if number is None:
+            raise bad()
+        return float(number)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad()
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise bad()
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise bad()
+        return tuple(
+            _coerce(v, a, f"{key}[{i}]", where) for i, (v, a) in enumerate(zip(value, args))
+        )
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad()
+        return dict(value)
+    raise TypeError(f"unsupported config type {tp!r} for {key}")  # a bug in this module
+
+
+def _as_number(value: Any) -> float | int | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return float(value.replace("_", ""))
+        except ValueError:
+            return None
+    return None

@@ -1,0 +1,336 @@
+"""The training loop: bit-exact resume, bad configs, signals, freezing, accumulation,
+the sampler and the schedule.
+
+Most tests use a tiny model defined here that follows the model contract
+(``model(batch).loss``, ``param_groups``) and draws random masks from torch's global
+RNG the way boldGPT draws random orders, so RNG restoration is exercised too.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from boldgpt.engine.checkpoint import CheckpointManager, load_checkpoint
+from boldgpt.engine.config import config_from_dict
+from boldgpt.engine.distributed import ResumableShardSampler
+from boldgpt.engine.logs import read_log
+from boldgpt.engine.train import TrainData, lr_factor, train
+from boldgpt.errors import CheckpointError, ConfigError
+
+SIDE = 12
+
+
+@dataclass
+class ToyOutput:
+    loss: torch.Tensor
+
+
+class ToyModel(nn.Module):
+    """Masked autoencoder of (B, 12, 12) maps: hide a random subset of pixels, predict
+    them. Randomness (mask, dropout) comes from torch's global RNG."""
+
+    def __init__(self, width: int = 32, mask_ratio: float = 0.5, dropout: float = 0.1):
+        super().__init__()
+        self.mask_ratio = mask_ratio
+        self.encoder = nn.Sequential(nn.Linear(SIDE * SIDE, width), nn.GELU())
+        self.norm = nn.LayerNorm(width)
+        self.drop = nn.Dropout(dropout)
+        self.decoder = nn.Linear(width, SIDE * SIDE)
+        self.subject_embed = nn.Embedding(4, width)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> ToyOutput:
+        x = batch["activity"].flatten(1)
+        hidden = torch.rand_like(x) < self.mask_ratio
+        h = self.encoder(x * ~hidden) + self.subject_embed(batch["subject_id"])
+        pred = self.decoder(self.drop(self.norm(h)))
+        weight = hidden.float() if self.mask_ratio > 0 else torch.ones_like(x)
+        loss = ((pred - x).square() * weight).sum() / weight.sum().clamp_min(1)
+        return ToyOutput(loss=loss)
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        decay = [p for n, p in self.named_parameters() if p.ndim == 2 and "embed" not in n]
+        other = [p for n, p in self.named_parameters() if not (p.ndim == 2 and "embed" not in n)]
+        return [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": other, "weight_decay": 0.0},
+        ]
+
+
+class ToyMaps(torch.utils.data.Dataset):
+    """Smooth random uint8 maps with a subject id, batched through ``__getitems__`` like
+    the real cache."""
+
+    def __init__(self, n: int, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        base = rng.normal(size=(n, 3, 3))
+        maps = np.kron(base, np.ones((4, 4))) + 0.3 * rng.normal(size=(n, SIDE, SIDE))
+        self.activity = torch.from_numpy(np.clip(127 + 40 * maps, 0, 255).astype(np.uint8))
+        self.subject_id = torch.from_numpy(rng.integers(0, 4, size=n))
+
+    def __len__(self) -> int:
+        return len(self.activity)
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        idx = torch.as_tensor(indices)
+        return {"activity": self.activity[idx], "subject_id": self.subject_id[idx]}
+
+
+def toy_prepare(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    out = {k: v.to(device) for k, v in batch.items()}
+    out["activity"] = out["activity"].float() * (5 / 255) - 2.5
+    return out
+
+
+def toy_data(n_train: int = 48, n_val: int = 16) -> TrainData:
+    return TrainData(
+        train=ToyMaps(n_train, seed=1),
+        val=ToyMaps(n_val, seed=2),
+        mask=np.ones((SIDE, SIDE), bool),
+        prepare=toy_prepare,
+    )
+
+
+def toy_config(out_dir: Path, **sections) -> dict:
+    """A small fast config dict; ``sections`` update its sections."""
+    cfg = {
+        "out_dir": str(out_dir),
+        "seed": 3,
+        "data": {"batch_size": 8},
+        "optim": {"lr": 3e-3, "min_lr": 1e-4, "warmup_steps": 2},
+        "train": {"max_steps": 10, "eval_every": 4, "eval_batches": 0, "device": "cpu"},
+        "log": {"every": 1, "tensorboard": False, "progress": False, "figures_every": 0},
+        "checkpoint": {"every": 3, "keep": 2},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            cfg.setdefault(key, {}).update(value)
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def run(cfg: dict, model: nn.Module | None = None, **kwargs):
+    torch.manual_seed(0)
+    model = model if model is not None else ToyModel(**kwargs)
+    return train(config_from_dict(cfg), model=model, data=toy_data()), model
+
+
+def train_losses(out_dir: Path) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in read_log(out_dir) if r["split"] == "train"]
+
+
+def test_resume_is_bit_exact(tmp_path):
+    """N steps, stop, resume for N more == 2N uninterrupted: identical parameters,
+    optimizer state and loss curve (crossing an epoch boundary: 6 batches/epoch)."""
+    full, full_model = run(toy_config(tmp_path / "full"))
+    assert full.status == "finished" and full.step == 10
+
+    first, _ = run(toy_config(tmp_path / "split", train={"stop_after": 5}))
+    assert first.status == "stopped" and first.step == 5
+    second, resumed_model = run(toy_config(tmp_path / "split"))
+    assert second.status == "finished" and second.step == 10
+
+    for (name, a), b in zip(full_model.state_dict().items(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b), f"{name} differs after resume"
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "latest.pt")
+    b = load_checkpoint(tmp_path / "split" / "checkpoints" / "latest.pt")
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+    assert a["data"] == b["data"]
+    # the resumed run's log continues the curve exactly, without duplicate steps
+    assert train_losses(tmp_path / "full") == train_losses(tmp_path / "split")
+    assert full.best_val_loss == second.best_val_loss
+
+
+def test_checkpoint_rotation_latest_and_best(tmp_path):
+    result, _ = run(toy_config(tmp_path, checkpoint={"every": 2, "keep": 2}))
+    ckpts = CheckpointManager(tmp_path / "checkpoints", keep=2)
+    steps = [int(p.stem.split("-")[1]) for p in ckpts.step_files()]
+    assert steps == [8, 10]  # rotation kept the newest two
+    assert load_checkpoint(ckpts.latest_path)["step"] == 10
+    vals = [r for r in read_log(tmp_path) if r["split"] == "val"]
+    best = min(vals, key=lambda r: r["loss"])
+    best_ckpt = load_checkpoint(ckpts.best_path)
+    assert best_ckpt["step"] == best["step"]
+    assert best_ckpt["best_val_loss"] == pytest.approx(best["loss"])
+    assert not list((tmp_path / "checkpoints").glob("*.tmp"))
+
+
+def test_resume_from_incompatible_checkpoint_fails_before_training(tmp_path):
+    run(toy_config(tmp_path, train={"max_steps": 4}))
+    log_before = (tmp_path / "log.jsonl").read_text()
+    with pytest.raises(CheckpointError, match=r"shape mismatch: .*encoder\.0\.weight"):
+        run(toy_config(tmp_path, train={"max_steps": 8}), width=16)
+    assert (tmp_path / "log.jsonl").read_text() == log_before  # nothing trained or logged
+
+    bad = tmp_path / "not_a_checkpoint.pt"
+    torch.save({"weights": torch.zeros(2)}, bad)
+    with pytest.raises(CheckpointError, match="not a boldgpt training checkpoint"):
+        run(toy_config(tmp_path / "other", checkpoint={"resume": str(bad)}))
+
+
+def test_resume_with_other_data_fails_clearly(tmp_path):
+    run(toy_config(tmp_path, train={"max_steps": 4}))
+    cfg = config_from_dict(toy_config(tmp_path, train={"max_steps": 8}))
+    data = toy_data(n_train=40)
+    with pytest.raises(CheckpointError, match="48 samples; this split has 40"):
+        train(cfg, model=ToyModel(), data=data)
+
+
+def test_resume_no_starts_over(tmp_path):
+    run(toy_config(tmp_path, train={"max_steps": 4}))
+    result, _ = run(toy_config(tmp_path, train={"max_steps": 2}, checkpoint={"resume": "no"}))
+    assert result.step == 2
+    assert [s for s, _ in train_losses(tmp_path)] == [1, 2]
+
+
+def test_finished_run_refuses_to_continue_without_more_steps(tmp_path):
+    run(toy_config(tmp_path, train={"max_steps": 3}))
+    with pytest.raises(ConfigError, match="already at step 3"):
+        run(toy_config(tmp_path, train={"max_steps": 3}))
+
+
+class _SignalAt(ToyModel):
+    """Sends SIGTERM to its own process during its 3rd training forward."""
+
+    def __init__(self, signum: int):
+        super().__init__()
+        self.calls, self.signum = 0, signum
+
+    def forward(self, batch):
+        if self.training:
+            self.calls += 1
+            if self.calls == 3:
+                os.kill(os.getpid(), self.signum)
+        return super().forward(batch)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_checkpoint_and_stops(tmp_path, signum):
+    previous = signal.getsignal(signum)
+    result, _ = run(toy_config(tmp_path, checkpoint={"every": 100}), model=_SignalAt(signum))
+    assert result.status == "interrupted"
+    assert result.signal == signal.Signals(signum).name
+    assert result.step == 3  # the step in flight finished, then the loop stopped
+    assert load_checkpoint(tmp_path / "checkpoints" / "latest.pt")["step"] == 3
+    assert signal.getsignal(signum) == previous  # handlers restored
+    resumed, _ = run(toy_config(tmp_path))
+    assert resumed.status == "finished" and resumed.step == 10
+
+
+def test_freezing_by_pattern(tmp_path):
+    torch.manual_seed(0)
+    model = ToyModel()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    run(toy_config(tmp_path, model={"freeze": ["encoder.*", "norm.bias"]}), model=model)
+    after = model.state_dict()
+    for name in ("encoder.0.weight", "encoder.0.bias", "norm.bias"):
+        assert torch.equal(before[name], after[name]), name
+    for name in ("decoder.weight", "norm.weight", "subject_embed.weight"):
+        assert not torch.equal(before[name], after[name]), name
+
+    with pytest.raises(ConfigError, match="'encodr.\\*' matches no parameter"):
+        run(toy_config(tmp_path / "typo", model={"freeze": ["encodr.*"]}))
+
+
+def test_gradient_accumulation_matches_large_batch(tmp_path):
+    """batch 8 x 2 micro-steps == batch 16 x 1 (same maps per step; deterministic model)."""
+    common = {"train": {"max_steps": 4, "eval_every": 100}, "checkpoint": {"every": 100}}
+    _, a = run(
+        toy_config(tmp_path / "a", data={"batch_size": 8}, optim={"accumulation": 2}, **common),
+        mask_ratio=0.0,
+        dropout=0.0,
+    )
+    _, b = run(
+        toy_config(tmp_path / "b", data={"batch_size": 16}, **common), mask_ratio=0.0, dropout=0.0
+    )
+    torch.manual_seed(0)  # as in run(): the common starting point
+    init = ToyModel(mask_ratio=0.0, dropout=0.0)
+    moved = 0.0
+    for (name, pa), pb, p0 in zip(
+        a.state_dict().items(), b.state_dict().values(), init.state_dict().values()
+    ):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=name)
+        moved += float((pa - p0).abs().max())
+    assert moved > 1e-3  # training did change the parameters
+
+
+def test_schedule_warmup_then_cosine():
+    cfg = config_from_dict(
+        {"optim": {"lr": 1.0, "min_lr": 0.1, "warmup_steps": 4}, "train": {"max_steps": 14}}
+    )
+    assert [lr_factor(s, cfg) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_factor(4, cfg) == pytest.approx(1.0)
+    assert lr_factor(9, cfg) == pytest.approx(0.55)  # half way: (1 + 0.1) / 2
+    assert lr_factor(14, cfg) == pytest.approx(0.1)
+    assert lr_factor(20, cfg) == pytest.approx(0.1)
+
+
+def test_learning_rates_follow_schedule_and_groups(tmp_path):
+    run(toy_config(tmp_path, optim={"lr": 1e-2, "min_lr": 1e-3, "warmup_steps": 2}))
+    logged = [r["lr"] for r in read_log(tmp_path) if r["split"] == "train"]
+    expected = [1e-2 * (0.5 if s == 0 else 1.0) for s in range(2)]
+    expected += [
+        1e-3 + (1e-2 - 1e-3) * 0.5 * (1 + math.cos(math.pi * (s - 2) / 8)) for s in range(2, 10)
+    ]
+    np.testing.assert_allclose(logged, expected, rtol=1e-12)
+    ckpt = load_checkpoint(tmp_path / "checkpoints" / "latest.pt")
+    decays = [g["weight_decay"] for g in ckpt["optimizer"]["param_groups"]]
+    assert decays == [0.05, 0.0]
+
+
+def test_sampler_shards_cover_global_batches_and_resume():
+    n, b, world = 50, 4, 3
+    one = ResumableShardSampler(n, b * world, seed=7)
+    ranks = [ResumableShardSampler(n, b, world, r, seed=7) for r in range(world)]
+    single = list(one)
+    shards = [list(s) for s in ranks]
+    assert len(single) == 48  # 4 whole global batches of 12
+    for k in range(4):
+        block = set(single[12 * k : 12 * (k + 1)])
+        assert set().union(*(s[b * k : b * (k + 1)] for s in shards)) == block
+    assert len(set(single)) == 48
+    # a new epoch is a different permutation, reproducible from the seed
+    one.advance(4)
+    assert one.epoch == 1 and one.position == 0
+    again = ResumableShardSampler(n, b * world, seed=7)
+    again.load_state_dict(one.state_dict())
+    assert list(again) == list(one) != single
+    # mid-epoch restore skips exactly the consumed batches
+    mid = ResumableShardSampler(n, b, world, 1, seed=7)
+    mid.advance(2)
+    restored = ResumableShardSampler(n, b, world, 1, seed=7)
+    restored.load_state_dict(mid.state_dict())
+    assert list(restored) == shards[1][2 * b :]
+
+
+class _DtypeProbe(ToyModel):
+    """Records the dtype of the encoder's output during training forwards."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[torch.dtype] = set()
+        self.encoder.register_forward_hook(lambda m, i, o: self.seen.add(o.dtype))
+
+
+def test_bf16_autocast_on_cpu(tmp_path):
+    probe = _DtypeProbe()
+    result, _ = run(toy_config(tmp_path, train={"precision": "bf16", "max_steps": 3}), probe)
+    assert probe.seen == {torch.bfloat16}
+    assert result.status == "finished" and math.isfinite(result.last_train_loss)
+    # parameters and optimizer state stay float32 (autocast only changes the compute)
+    assert all(p.dtype == torch.float32 for p in probe.parameters())
+
+
+def test_fp16_needs_a_gpu(tmp_path):
+    with pytest.raises(ConfigError, match="fp16 needs a GPU"):
+        run(toy_config(tmp_path, train={"precision": "fp16"}))
