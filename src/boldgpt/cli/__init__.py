@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from boldgpt.errors import BoldGPTError
@@ -52,7 +53,12 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # `boldgpt train cfg.yaml --flag a=1`: KEY=VALUE overrides may follow options.
+    if extra and hasattr(args, "overrides") and all("=" in e and e[0] != "-" for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -61,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     except (BoldGPTError, FileNotFoundError) as exc:
         print(f"boldgpt: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `boldgpt list-models | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("boldgpt: interrupted", file=sys.stderr)
         return 130

@@ -390,23 +390,3 @@ def _generate(
     info["seconds"]["total"] = round(time.perf_counter() - t0, 2)
     (root / "README.md").write_text(dataset_card(info))
     write_json(root / "simulation.json", info)  # last: marks the directory complete
-    _default_modes(root)
-
-
-def _umask() -> int:
-    # Read, not set-and-restore: os.umask() would briefly change it for every thread.
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    return 0o022
-
-
-def _default_modes(root: Path) -> None:
-    """Give the dataset the usual permissions: temporary files and directories are
-    created private (0600 / 0700), but a dataset is meant to be shared."""
-    umask = _umask()
-    for path in [root, *root.rglob("*")]:
-        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)

@@ -1,0 +1,5 @@
+import sys
+
+from boldgpt.cli import main
+
+sys.exit(main())
