@@ -83,8 +83,10 @@ def test_continuous_sampling_is_deterministic_and_conditioned_on_subject():
     b = model.sample(2, subject_id=torch.tensor([0, 1]))
     assert torch.equal(a, b)
     assert not torch.allclose(a[0], a[1], atol=1e-4)
-    noisy = model.sample(2, subject_id=torch.tensor([0, 1]), noise_std=0.5)
+    noisy = model.sample(2, subject_id=torch.tensor([0, 1]), noise="white", noise_scale=0.5)
     assert not torch.allclose(a, noisy, atol=1e-3)
+    with pytest.raises(ValueError, match="no fitted residual covariance"):
+        model.sample(1, noise="residual")
     prior = model.sample(1)  # group prior, no subject
     assert prior.shape == (1, 40, 50)
 
@@ -242,3 +244,40 @@ def test_bad_arguments_raise():
         sample(model, 1, temperature=-1.0)
     with pytest.raises(ValueError, match="batch_size"):
         sample(model, 0)
+
+
+def test_residual_covariance_is_the_covariance_of_prediction_errors():
+    from boldgpt.generate import fit_residual_covariance
+
+    model = make_igpt()
+    maps = make_maps(model, 6)
+    batch = {"activity": maps, "subject_id": torch.tensor([0, 1, 2, 3, 0, 1])}
+    order = torch.stack([torch.randperm(model.num_patches) for _ in range(6)])
+    cov = fit_residual_covariance(model, [batch], order=order)
+    # by hand: residuals of the interior patches in that order
+    with torch.no_grad():
+        out = model(batch, order=order)
+    r = (out.target - out.output)[model.patchify.interior[order]]
+    torch.testing.assert_close(cov, r.T @ r / len(r), rtol=1e-4, atol=1e-5)
+    assert torch.equal(model.residual_cov, cov)
+
+
+def test_residual_noise_draws_patches_with_the_stored_covariance():
+    model = make_igpt()
+    P = model.patchify.dim
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(P, P, generator=g) / P**0.5
+    target_cov = a @ a.T + 0.1 * torch.eye(P)
+    model.residual_cov.copy_(target_cov)
+    n = 3000
+    mean = sample(model, 1, subject_id=0)
+    draws = sample(model, n, subject_id=0, noise="residual", generator=g)
+    # the first patch of the fixed order has no prompt: draw - mean is pure noise
+    inside = model.patchify.patch_mask[0]
+    noise = (model.patchify(draws)[:, 0] - model.patchify(mean)[:, 0])[:, inside]
+    emp = noise.T @ noise / n
+    want = target_cov[inside][:, inside]
+    assert (emp - want).abs().max() < 0.15 * want.diagonal().mean()
+    # independent noise would miss the off-diagonal structure
+    off = ~torch.eye(len(want), dtype=torch.bool)
+    assert torch.corrcoef(torch.stack([emp[off], want[off]]))[0, 1] > 0.9

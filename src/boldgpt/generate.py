@@ -16,7 +16,10 @@ the requested order, repeat.
 
 Token models draw from ``softmax(logits / temperature)`` restricted to the ``top_k``
 most likely tokens (``temperature=0``: the most likely token); continuous models feed
-back their predicted mean, plus Gaussian noise of std ``noise_std`` if asked.
+back their predicted mean, plus, if asked, Gaussian noise: ``noise="residual"`` draws
+from the model's predictive distribution N(mean, residual covariance) fitted after
+training (:func:`fit_residual_covariance`; realistic within-patch texture),
+``noise="white"`` adds independent noise; ``noise_scale`` multiplies its std.
 Observed (prompt) patches are never changed.
 """
 
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -55,7 +58,8 @@ def sample(
     order: Order = "fixed",
     temperature: float = 1.0,
     top_k: int | None = None,
-    noise_std: float = 0.0,
+    noise: str | None = None,
+    noise_scale: float = 1.0,
     context: torch.Tensor | None = None,
     use_cache: bool = True,
     num_steps: int | None = None,
@@ -70,7 +74,12 @@ def sample(
         order: generation order: ``"fixed"``, ``"random"`` or a permutation (N,) /
             (B, N) of the slots.
         temperature, top_k: token sampling (categorical models).
-        noise_std: Gaussian noise added to continuous predictions (0: deterministic).
+        noise: continuous models: None (feed back the predicted mean: deterministic),
+            ``"residual"`` (draw each patch from N(mean, model.residual_cov), the
+            predictive distribution fitted after training) or ``"white"``
+            (independent noise per value).
+        noise_scale: multiplies the noise's standard deviation (``"white"``: it is
+            the std).
         context: (B, M, C) for cross-attention models.
         use_cache: KV-cache decoding (autoregressive models).
         num_steps: rounds of parallel decoding (BEiT; default min(N, 16)).
@@ -89,7 +98,8 @@ def sample(
         order=order,
         temperature=temperature,
         top_k=top_k,
-        noise_std=noise_std,
+        noise=noise,
+        noise_scale=noise_scale,
         context=context,
         use_cache=use_cache,
         num_steps=num_steps,
@@ -107,7 +117,8 @@ def complete(
     order: Order = "fixed",
     temperature: float = 1.0,
     top_k: int | None = None,
-    noise_std: float = 0.0,
+    noise: str | None = None,
+    noise_scale: float = 1.0,
     context: torch.Tensor | None = None,
     use_cache: bool = True,
     num_steps: int | None = None,
@@ -144,7 +155,12 @@ def complete(
     observed = observed.to(model.device)
     if not torch.isfinite(patches[observed]).all():
         raise ValueError("observed patches contain NaN or Inf")
-    draw = dict(temperature=temperature, top_k=top_k, noise_std=noise_std, generator=generator)
+    draw = dict(
+        temperature=temperature,
+        top_k=top_k,
+        noise=_noise_factor(model, noise, noise_scale),
+        generator=generator,
+    )
     with _inference(model):
         sid = model.check_subject(subject_id, B, require=False)
         if model.causal:
@@ -245,6 +261,67 @@ def likelihood(
         return total / num_orders
 
 
+def _noise_factor(model: Any, noise: str | None, scale: float) -> torch.Tensor | float | None:
+    """What :func:`_draw` multiplies standard normal noise by: a (P, P) Cholesky factor
+    of the residual covariance, a scalar std, or None (no noise)."""
+    if noise is None:
+        return None
+    if noise not in ("white", "residual"):
+        raise ValueError(f"noise must be None, 'white' or 'residual'; got {noise!r}")
+    if scale < 0:
+        raise ValueError(f"noise_scale must be >= 0; got {scale}")
+    if model.tokenizer is not None:
+        raise ValueError("noise applies to continuous models; token models sample tokens")
+    if noise == "white":
+        return float(scale)
+    cov = model.residual_cov.float()
+    if not bool(cov.diagonal().gt(0).any()):
+        raise ValueError(
+            "this model has no fitted residual covariance (model.residual_cov is zero): "
+            "run boldgpt.generate.fit_residual_covariance(model, batches) first, or use "
+            "noise='white'"
+        )
+    # a little jitter: pixels outside the mask have zero variance (their values are
+    # zeroed anyway)
+    jitter = 1e-5 * cov.diagonal().mean() * torch.eye(len(cov), device=cov.device)
+    return scale * torch.linalg.cholesky(cov + jitter)
+
+
+@torch.no_grad()
+def fit_residual_covariance(
+    model: Any,
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    order: Order = "random",
+) -> torch.Tensor:
+    """Estimate and store ``model.residual_cov`` (P, P): the covariance of the
+    residual ``target - prediction`` of next-patch predictions over the patches that
+    lie fully inside the mask, in ``order``, on prepared ``batches`` (e.g. a few
+    hundred training maps).
+
+    MSE training fits the mean of a Gaussian predictive distribution; its maximum
+    likelihood covariance is this one. Sampling with ``noise="residual"`` draws from
+    it, which gives samples the spatial texture of real maps (the mean alone is
+    smooth and flat). Returns the covariance.
+    """
+    if model.tokenizer is not None or not model.causal:
+        raise ValueError("fit_residual_covariance needs a continuous autoregressive model")
+    interior = model.patchify.interior
+    total = torch.zeros(model.patchify.dim, model.patchify.dim, dtype=torch.float64)
+    count = 0
+    with _inference(model):
+        for batch in batches:
+            out = model(batch, order=order)
+            keep = interior[out.order]
+            r = (out.target - out.output)[keep].double().cpu()  # (M, P)
+            total += r.T @ r
+            count += len(r)
+    if count == 0:
+        raise ValueError("no interior patches in the batches: cannot fit the covariance")
+    cov = (total / count).float()
+    model.residual_cov.copy_(cov.to(model.residual_cov.device))
+    return cov
+
+
 # ---- autoregressive decoding -------------------------------------------------------
 
 
@@ -311,7 +388,7 @@ def _draw(
     *,
     temperature: float,
     top_k: int | None,
-    noise_std: float,
+    noise: torch.Tensor | float | None,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
     """Patches (M, P) from predictions (M, C) for slots (M,), zero outside the mask."""
@@ -329,9 +406,9 @@ def _draw(
         values = model.tokenizer.decode(tokens)
     else:
         values = pred.float()
-        if noise_std > 0:
-            noise = torch.randn(values.shape, generator=generator, device=values.device)
-            values = values + noise_std * noise
+        if noise is not None:
+            eps = torch.randn(values.shape, generator=generator, device=values.device)
+            values = values + (eps @ noise.T if torch.is_tensor(noise) else noise * eps)
     return values * model.patchify.patch_mask[slots]
 
 

@@ -299,9 +299,8 @@ def run_demo(
     fig_dir.mkdir(parents=True, exist_ok=True)
     n = min(num_examples, len(val_maps))
     with cpu_threads(1 if dev.type == "cpu" else None):
-        noise_std = results["random"]["model"]["mse"] ** 0.5
         completion_r2 = _samples_and_completions(
-            model, pca, val_maps[:n], val_sids[:n], mask, fig_dir, noise_std
+            model, pca, val_maps[:n], val_sids[:n], mask, fig_dir
         )
     baselines = {
         "mean map": mean_scores["loss"],
@@ -368,18 +367,16 @@ def _samples_and_completions(
     subject_ids: Any,
     mask: Any,
     fig_dir: Path,
-    noise_std: float,
 ) -> dict[str, dict[str, float]]:
     """Sample maps (fixed and random order) and complete ``real`` (B, H, W) from its
     left hemisphere and from its central patches; draw both beside the real maps (and
     PCA's completions). Returns the R² of the hidden pixels per prompt and method.
 
     A continuous model trained with MSE predicts the conditional mean. Feeding back the
-    means shows the structure the model generates (smoother than real maps); adding
-    Gaussian noise of the model's residual std (``noise_std``: the square root of its
-    validation MSE) draws from the distribution MSE training implies, whose noise is
-    white, unlike the brain's. Completions use the means (the best guess, scored by
-    R²)."""
+    means shows the structure the model generates (smooth and faint); drawing each
+    patch from N(mean, residual covariance), the predictive distribution fitted at the
+    end of training, gives samples with the texture of real maps. Completions use the
+    means (the best guess, scored by R²)."""
     import torch
 
     from boldgpt import generate
@@ -394,9 +391,9 @@ def _samples_and_completions(
     draw = dict(subject_id=sids, generator=gen)
     samples = {
         "fixed order, means": generate.sample(model, n, **draw),
-        "random order, means": generate.sample(model, n, order="random", **draw),
-        f"random order, +noise {noise_std:.2f}": generate.sample(
-            model, n, order="random", noise_std=noise_std, **draw
+        "fixed order, sampled": generate.sample(model, n, noise="residual", **draw),
+        "random order, sampled": generate.sample(
+            model, n, order="random", noise="residual", **draw
         ),
     }
     viz.save(
@@ -525,7 +522,8 @@ def _write_report(out_dir: Path, s: dict[str, Any], example_figs: list[Path]) ->
             "knows without looking at the map).",
             f"**MaskedPCA**: PCA ({s['pca_components']} components, fitted on "
             f"{s['pca_fit_maps']:,} training maps); each next patch is predicted from the "
-            "patches before it by ridge regression on the components (PPCA prior), in "
+            "patches before it by ridge regression on the components (a Gaussian prior whose "
+            "strength is calibrated on held-out training maps), in "
             "the same orders as the model.",
             "Both baselines are measured in this run on the same maps.",
         ]
@@ -537,8 +535,9 @@ def _write_report(out_dir: Path, s: dict[str, Any], example_figs: list[Path]) ->
         "Real validation maps (top) and maps sampled by the model, patch by patch, in its "
         "fixed and in a random order. 'means': each patch is the model's prediction given "
         "the patches before it (the structure it has learned, smoother than real maps); "
-        "'+noise': plus white Gaussian noise of the model's residual std, the distribution "
-        "that MSE training implies",
+        "'sampled': each patch drawn from the model's predictive distribution, N(prediction, "
+        "residual covariance), the Gaussian that MSE training implies (its covariance "
+        "fitted on training maps at the end of training)",
     )
     r.table(
         ["prompt", "model R² (hidden pixels)", "MaskedPCA R² (hidden pixels)"],

@@ -49,7 +49,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="token sampling temperature")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens")
     p.add_argument(
-        "--noise-std", type=float, default=0.0, help="noise added to continuous predictions"
+        "--noise",
+        choices=["auto", "residual", "white", "none"],
+        default="auto",
+        help="continuous models: draw each patch from N(prediction, residual covariance "
+        "fitted after training) ('residual'), add independent noise ('white'), or feed back "
+        "the predicted mean ('none': smooth, deterministic). auto: residual when the model "
+        "has it, else none",
+    )
+    p.add_argument(
+        "--noise-scale", type=float, default=1.0, help="multiplies the noise std (default 1)"
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -189,8 +198,18 @@ def _generate(args: argparse.Namespace, device: Any) -> int:
     order = args.order
     if order not in ("fixed", "random"):
         raise ValueError(f"--order must be 'fixed' or 'random'; got {order!r}")
+    noise = None if args.noise == "none" else args.noise
+    if model.tokenizer is not None:
+        noise = None
+    elif noise == "auto":
+        fitted = bool(model.residual_cov.diagonal().gt(0).any())
+        noise = "residual" if fitted else None
     draw = dict(
-        temperature=args.temperature, top_k=args.top_k, noise_std=args.noise_std, generator=gen
+        temperature=args.temperature,
+        top_k=args.top_k,
+        noise=noise,
+        noise_scale=args.noise_scale,
+        generator=gen,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.complete:

@@ -673,6 +673,8 @@ def train(
     result.best_val_loss = best_val if math.isfinite(best_val) else None
     result.last_val_loss = last_val
     if result.status == "finished" and info.is_main:
+        with _side_rng(dev, config.seed):
+            _fit_predictive_noise(model, data, dev, logger)
         result.model_dir = _save_final_model(model, out_dir / "model", logger)
     logger.close()
     D.barrier()
@@ -750,6 +752,28 @@ def _example_batch(data: TrainData, n: int) -> Batch | None:
     every figure of a run."""
     dataset = data.val if data.val is not None and len(data.val) else data.train
     return _fetch(dataset, list(range(min(n, len(dataset)))))
+
+
+def _fit_predictive_noise(
+    model: nn.Module, data: TrainData, dev: torch.device, logger: RunLogger, maps: int = 512
+) -> None:
+    """Continuous autoregressive models: estimate the residual covariance of their
+    next-patch predictions on training maps and store it in the model, so that
+    sampling can draw from the predictive distribution (``noise="residual"``)."""
+    if getattr(model, "residual_cov", None) is None or not getattr(model, "causal", False):
+        return
+    from boldgpt.generate import fit_residual_covariance
+
+    n = min(maps, len(data.train))
+    batches = (
+        data.prepare(_fetch(data.train, list(range(i, min(i + 64, n)))), dev)
+        for i in range(0, n, 64)
+    )
+    cov = fit_residual_covariance(model, batches)
+    logger.message(
+        f"fitted the predictive residual covariance on {n} training maps "
+        f"(mean variance {float(cov.diagonal().mean()):.3f})"
+    )
 
 
 def _save_final_model(model: nn.Module, path: Path, logger: RunLogger) -> Path | None:

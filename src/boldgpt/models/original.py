@@ -175,6 +175,8 @@ def convert_state_dict(
             f"{source}: patchify.patch_mask differs from the one its mask and patch_indices "
             f"give ({int((stored != derived).sum())} values); was it patched differently?"
         )
+    if "residual_cov" in expected:  # boldgpt's own buffer: not fitted in the original
+        out.setdefault("residual_cov", expected["residual_cov"])
     missing = sorted(set(expected) - set(out))
     if unexpected or missing:
         lines = [f"{source} does not match the architecture {dict(arch or {})}:"]

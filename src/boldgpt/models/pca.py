@@ -7,8 +7,13 @@ sigma^2 per pixel) the posterior mean is
 
     z = (C_o C_o^T + sigma^2 diag(1 / lambda))^{-1} C_o (x_o - mu_o),
 
-where C_o are the component loadings of the observed pixels. That prior-weighted
-ridge is the default; a plain ridge ``alpha * I`` is available too.
+where C_o are the component loadings of the observed pixels. With fewer maps than
+pixels, and noise that is spatially correlated rather than isotropic, the sample
+eigenvalues of the noise-dominated components are inflated and their loadings are
+noisy, so the plain posterior over-trusts them (it extrapolates from one hemisphere to
+the other worse than the mean map does). :meth:`MaskedPCA.fit` therefore calibrates a
+scale ``beta`` of the prior on held-out maps: the default regularizer is
+``beta * sigma^2 / lambda``. A plain ridge ``alpha * I`` is available too.
 
 :meth:`MaskedPCA.next_patch_predictions` turns this into the autoregressive baseline
 of boldGPT: each next patch of a sequence is predicted from the patches before it.
@@ -61,6 +66,7 @@ class MaskedPCA(nn.Module):
         self.register_buffer("components", torch.zeros(n_components, num_pixels))
         self.register_buffer("explained_variance", torch.zeros(n_components))
         self.register_buffer("noise_variance", torch.zeros(()))
+        self.register_buffer("prior_scale", torch.ones(()))
 
     @property
     def num_pixels(self) -> int:
@@ -80,14 +86,40 @@ class MaskedPCA(nn.Module):
         return x
 
     @torch.no_grad()
-    def fit(self, maps: np.ndarray | torch.Tensor, seed: int = 0) -> MaskedPCA:
-        """Fit on maps (M, H, W). Uses a randomized SVD (K + 20 columns, 4 power
-        iterations), exact enough for the leading components at a fraction of the cost."""
+    def fit(
+        self,
+        maps: np.ndarray | torch.Tensor,
+        seed: int = 0,
+        calibrate: bool = True,
+        holdout: float = 0.1,
+    ) -> MaskedPCA:
+        """Fit on maps (M, H, W).
+
+        Uses a randomized SVD (K + 20 columns, 4 power iterations), exact enough for
+        the leading components at a fraction of the cost. With ``calibrate`` (and at
+        least 200 maps), the prior scale is first chosen on a held-out ``holdout``
+        share of the maps (at most 64) (see :meth:`calibrate_prior`), then the components are
+        refitted on all maps.
+        """
         x = self._pixels(maps)
         m = x.shape[0]
-        k = self.n_components
-        if m <= k:
-            raise DataError(f"need more maps than n_components={k} to fit PCA; got {m}")
+        if m <= self.n_components:
+            raise DataError(
+                f"need more maps than n_components={self.n_components} to fit PCA; got {m}"
+            )
+        # 64 held-out maps pin the scale down well; more only cost time
+        n_held = min(int(round(holdout * m)), 64)
+        if calibrate and m >= 200 and m - n_held > self.n_components and n_held >= 16:
+            perm = torch.randperm(m, generator=torch.Generator().manual_seed(seed))
+            self._fit_pixels(x[perm[n_held:]], seed)
+            held = x.new_zeros(n_held, *self.mask.shape)
+            held[:, self.mask] = x[perm[:n_held]]
+            self.calibrate_prior(held, seed=seed)
+        self._fit_pixels(x, seed)
+        return self
+
+    def _fit_pixels(self, x: torch.Tensor, seed: int) -> None:
+        m, k = x.shape[0], self.n_components
         mean = x.mean(dim=0)
         x = x - mean
         total_var = x.pow(2).sum() / (m - 1)
@@ -102,7 +134,38 @@ class MaskedPCA(nn.Module):
         residual = (total_var - var.sum()).clamp_min(0) / max(x.shape[1] - k, 1)
         # A floor keeps the prior-weighted ridge well posed when the fit is near exact.
         self.noise_variance.fill_(max(float(residual), 1e-6 * float(var[0])))
-        return self
+
+    @torch.no_grad()
+    def calibrate_prior(
+        self,
+        maps: np.ndarray | torch.Tensor,
+        scales: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0),
+        patch_size: int = 10,
+        num_orders: int = 4,
+        seed: int = 0,
+    ) -> float:
+        """Choose the prior scale ``beta`` that best predicts held-out ``maps``
+        (M, H, W) not used for the fit: the mean squared error of predicting each
+        ``patch_size`` patch from the patches before it, over ``num_orders`` random
+        orders (every fraction of observed pixels, from none to nearly all). Sets and
+        returns it."""
+        self._check_fitted()
+        patchify = MaskedPatchify(self.mask, patch_size, ordering="raster")
+        target = patchify(torch.as_tensor(maps, dtype=torch.float32))
+        weight = patchify.patch_mask.float()
+        g = torch.Generator().manual_seed(seed)
+        orders = [torch.randperm(patchify.num_patches, generator=g) for _ in range(num_orders)]
+        errors = []
+        for beta in scales:
+            self.prior_scale.fill_(beta)
+            err = 0.0
+            for order in orders:
+                pred = self.next_patch_predictions(maps, patchify, order)
+                err += float(((pred - target[:, order]).square() * weight[order]).sum())
+            errors.append(err)
+        best = scales[int(np.argmin(errors))]
+        self.prior_scale.fill_(best)
+        return best
 
     def _check_fitted(self) -> None:
         if not bool(self.explained_variance.any()):
@@ -122,10 +185,11 @@ class MaskedPCA(nn.Module):
         return maps
 
     def regularizer(self, alpha: float | None = None) -> torch.Tensor:
-        """(K, K) diagonal regularizer: the PPCA prior ``sigma^2 / lambda`` when
-        ``alpha`` is None, else ``alpha * I``."""
+        """(K, K) diagonal regularizer: the calibrated PPCA prior
+        ``beta * sigma^2 / lambda`` when ``alpha`` is None, else ``alpha * I``."""
         if alpha is None:
-            return torch.diag(self.noise_variance / self.explained_variance.clamp_min(1e-12))
+            prior = self.noise_variance / self.explained_variance.clamp_min(1e-12)
+            return torch.diag(self.prior_scale * prior)
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0; got {alpha}")
         return alpha * torch.eye(self.n_components, device=self.mean.device)
@@ -141,7 +205,7 @@ class MaskedPCA(nn.Module):
         Args:
             maps: (B, H, W); values at unobserved pixels are ignored.
             observed: bool (H, W) shared by the batch or (B, H, W).
-            alpha: ridge strength; None for the PPCA prior (see module docstring).
+            alpha: ridge strength; None for the calibrated PPCA prior (see module docstring).
         """
         self._check_fitted()
         x = self._pixels(maps) - self.mean

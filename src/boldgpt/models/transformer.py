@@ -380,6 +380,13 @@ class PatchModel(nn.Module):
             slot_coords=self.slot_coords() if pos_init == "sincos" else None,
             **backbone,
         )
+        if not categorical:
+            # Covariance (P, P) of the residual of a continuous prediction, estimated
+            # after training (boldgpt.generate.fit_residual_covariance): with the
+            # predicted mean it gives the Gaussian predictive distribution that MSE
+            # training implies, so samples get realistic within-patch texture.
+            # Zeros until fitted.
+            self.register_buffer("residual_cov", torch.zeros(self.patchify.dim, self.patchify.dim))
         self.head_drop = nn.Dropout(head_drop)
         self.head = nn.Linear(
             self.backbone.embed_dim, vocab_size if categorical else self.patchify.dim
@@ -552,8 +559,9 @@ class PatchModel(nn.Module):
         """Draw ``batch_size`` new maps (B, H, W) (images: (B, C, H, W)).
 
         ``subject_id``: an int or (B,) ids, or None for the group prior. Continuous
-        models without ``noise_std`` are deterministic. Other options (order,
-        temperature, top_k, noise_std, context, generator, num_steps) are those of
+        models without ``noise`` are deterministic (``noise="residual"`` draws from
+        the fitted predictive distribution). Other options (order,
+        temperature, top_k, noise, noise_scale, context, generator, num_steps) are those of
         :func:`boldgpt.generate.sample`.
         """
         from boldgpt.generate import sample
