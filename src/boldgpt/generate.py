@@ -291,11 +291,12 @@ def _noise_factor(model: Any, noise: str | None, scale: float) -> torch.Tensor |
 def fit_residual_covariance(
     model: Any,
     batches: Iterable[Mapping[str, torch.Tensor]],
-    order: Order = "random",
+    order: Order | None = None,
 ) -> torch.Tensor:
     """Estimate and store ``model.residual_cov`` (P, P): the covariance of the
     residual ``target - prediction`` of next-patch predictions over the patches that
-    lie fully inside the mask, in ``order``, on prepared ``batches`` (e.g. a few
+    lie fully inside the mask, in ``order`` (default: random orders for a shuffled
+    model, else its fixed order), on prepared ``batches`` (e.g. a few
     hundred training maps).
 
     MSE training fits the mean of a Gaussian predictive distribution; its maximum
@@ -305,6 +306,8 @@ def fit_residual_covariance(
     """
     if model.tokenizer is not None or not model.causal:
         raise ValueError("fit_residual_covariance needs a continuous autoregressive model")
+    if order is None:
+        order = "random" if model.shuffle else "fixed"
     interior = model.patchify.interior
     total = torch.zeros(model.patchify.dim, model.patchify.dim, dtype=torch.float64)
     count = 0
