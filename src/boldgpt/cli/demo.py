@@ -26,12 +26,12 @@ from typing import Any
 
 DEMO_CONFIG: dict[str, Any] = {
     "seed": 0,
-    "data": {"source": "sim:demo", "batch_size": 32},
+    "data": {"source": "sim:demo", "batch_size": 16},
     "model": {"name": "boldgpt_micro_patch10", "kwargs": {}},
-    "optim": {"lr": 2.0e-3, "min_lr": 1.0e-4, "weight_decay": 0.05, "warmup_steps": 50},
-    "train": {"max_steps": 600, "eval_every": 100, "eval_batches": 8, "precision": "fp32"},
-    "log": {"every": 10, "figures_every": 300, "tensorboard": True},
-    "checkpoint": {"every": 100, "keep": 2},
+    "optim": {"lr": 8.0e-3, "min_lr": 1.0e-4, "weight_decay": 0.05, "warmup_steps": 100},
+    "train": {"max_steps": 1200, "eval_every": 200, "eval_batches": 16, "precision": "fp32"},
+    "log": {"every": 10, "figures_every": 600, "tensorboard": True},
+    "checkpoint": {"every": 200, "keep": 2},
 }
 """The demo's training config (also in configs/boldgpt_cont_demo.yaml; a test keeps
 the two equal)."""
