@@ -15,8 +15,7 @@ The names below are imported lazily, so ``import boldgpt`` is cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from boldgpt.utils.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -32,14 +31,4 @@ _LAZY = {
     "load_nsd_flat": "boldgpt.data.nsd_flat",
 }
 
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'boldgpt' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__all__, __getattr__, __dir__ = lazy_exports("boldgpt", _LAZY, globals())

@@ -128,24 +128,11 @@ def check_compatible(
             f"({'; '.join(diffs[:6])}). Use the same model settings, set "
             f"checkpoint.resume=no to start over, or use model.init_from for fine-tuning."
         )
-    saved = checkpoint["model"]
-    current = model.state_dict()
-    missing = sorted(set(current) - set(saved))
-    unexpected = sorted(set(saved) - set(current))
-    shapes = [
-        f"{k}: checkpoint {tuple(saved[k].shape)} vs model {tuple(current[k].shape)}"
-        for k in sorted(set(saved) & set(current))
-        if tuple(saved[k].shape) != tuple(current[k].shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing from checkpoint: {_head(missing)}")
-    if unexpected:
-        problems.append(f"not in the model: {_head(unexpected)}")
-    if shapes:
-        problems.append(f"shape mismatch: {_head(shapes)}")
+    from boldgpt.models.registry import state_mismatches
+
+    problems = state_mismatches(model.state_dict(), checkpoint["model"])
     if problems:
-        raise CheckpointError(f"cannot resume from {where}: " + "; ".join(problems))
+        raise CheckpointError(f"cannot resume from {where}: " + _head(problems, 8))
 
 
 def warn_if_not_exact(checkpoint: dict[str, Any], world_size: int, global_batch: int) -> None:

@@ -8,8 +8,7 @@ importing one model module does not pull in the others.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from boldgpt.utils.lazy import lazy_exports
 
 _LAZY = {
     "Transformer": "boldgpt.models.transformer",
@@ -26,14 +25,4 @@ _LAZY = {
     "MaskedPCA": "boldgpt.models.pca",
 }
 
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'boldgpt.models' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__all__, __getattr__, __dir__ = lazy_exports("boldgpt.models", _LAZY, globals())

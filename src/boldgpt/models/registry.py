@@ -173,21 +173,27 @@ def load_model(
     return model.to(device).eval()
 
 
+def state_mismatches(
+    expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]
+) -> list[str]:
+    """How ``state`` differs from the ``expected`` state dict: one line per missing,
+    unexpected or mis-shaped key (empty when they match)."""
+    problems = [f"missing key {k}" for k in sorted(set(expected) - set(state))]
+    problems += [f"unexpected key {k}" for k in sorted(set(state) - set(expected))]
+    problems += [
+        f"shape mismatch: {k}: checkpoint {tuple(state[k].shape)}, "
+        f"model expects {tuple(expected[k].shape)}"
+        for k in sorted(set(state) & set(expected))
+        if tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    return problems
+
+
 def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """``model.load_state_dict(state)`` with a CheckpointError that names every
     missing, unexpected and mis-shaped key."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = [
-        f"{k}: checkpoint {tuple(state[k].shape)}, model expects {tuple(expected[k].shape)}"
-        for k in sorted(set(state) & set(expected))
-        if state[k].shape != expected[k].shape
-    ]
-    if missing or unexpected or shapes:
-        problems = [f"missing key {k}" for k in missing]
-        problems += [f"unexpected key {k}" for k in unexpected]
-        problems += shapes
+    problems = state_mismatches(model.state_dict(), state)
+    if problems:
         lines = [f"{source} does not match the model architecture:"]
         lines += [f"  {p}" for p in problems[:20]]
         if len(problems) > 20:

@@ -23,8 +23,7 @@ Names are imported lazily, so ``default_mask`` does not pull in the whole genera
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from boldgpt.utils.lazy import lazy_exports
 
 _LAZY = {
     "default_mask": "boldgpt.data.simulate.geometry",
@@ -38,14 +37,4 @@ _LAZY = {
     "validate_simulation": "boldgpt.data.simulate.validate",
 }
 
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'boldgpt.data.simulate' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__all__, __getattr__, __dir__ = lazy_exports("boldgpt.data.simulate", _LAZY, globals())
