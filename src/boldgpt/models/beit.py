@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from boldgpt.errors import ConfigError
-from boldgpt.models.transformer import ModelOutput, PatchModel, config_kwargs
+from boldgpt.models.transformer import ModelOutput, PatchModel, backbone_kwargs, config_kwargs
 
 
 class BEiT(PatchModel):
@@ -78,25 +78,7 @@ class BEiT(PatchModel):
             input_key=input_key,
             head_drop=head_drop,
             pos_init=pos_init,
-            backbone=dict(
-                embed_dim=embed_dim,
-                depth=depth,
-                num_heads=num_heads,
-                mlp_ratio=mlp_ratio,
-                num_subjects=num_subjects,
-                subject_embed=subject_embed,
-                subject_dropout=subject_dropout,
-                next_pos_query=False,
-                num_registers=num_registers,
-                context_dim=context_dim,
-                mask_token=True,
-                qkv_bias=qkv_bias,
-                qk_norm=qk_norm,
-                layer_scale=layer_scale,
-                drop_path=drop_path,
-                drop=drop,
-                attn_drop=attn_drop,
-            ),
+            backbone=backbone_kwargs(locals(), next_pos_query=False, mask_token=True),
         )
         self.mask_ratio = ratio
         self.config = {"name": "beit", "kwargs": kwargs}

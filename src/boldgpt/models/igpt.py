@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from boldgpt.models.layers import KVCache
-from boldgpt.models.transformer import ModelOutput, PatchModel, config_kwargs
+from boldgpt.models.transformer import ModelOutput, PatchModel, backbone_kwargs, config_kwargs
 from boldgpt.patching import permute, random_order
 
 
@@ -100,24 +100,10 @@ class IGPT(PatchModel):
             input_key=input_key,
             head_drop=head_drop,
             pos_init=pos_init,
-            backbone=dict(
-                embed_dim=embed_dim,
-                depth=depth,
-                num_heads=num_heads,
-                mlp_ratio=mlp_ratio,
-                num_subjects=num_subjects,
-                subject_embed=subject_embed,
-                subject_dropout=subject_dropout,
+            backbone=backbone_kwargs(
+                locals(),
                 next_pos_query=shuffle,
-                num_registers=num_registers,
                 register_layout="legacy_global" if legacy_registers else "prefix",
-                context_dim=context_dim,
-                qkv_bias=qkv_bias,
-                qk_norm=qk_norm,
-                layer_scale=layer_scale,
-                drop_path=drop_path,
-                drop=drop,
-                attn_drop=attn_drop,
             ),
         )
         self.shuffle = shuffle

@@ -81,6 +81,20 @@ def config_kwargs(init_locals: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+BACKBONE_ARGS = (
+    "embed_dim", "depth", "num_heads", "mlp_ratio", "num_subjects", "subject_embed",
+    "subject_dropout", "num_registers", "context_dim", "qkv_bias", "qk_norm", "layer_scale",
+    "drop_path", "drop", "attn_drop",
+)  # fmt: skip
+"""Constructor arguments that models pass through to :class:`Transformer` unchanged."""
+
+
+def backbone_kwargs(init_locals: dict[str, Any], **fixed: Any) -> dict[str, Any]:
+    """The :class:`Transformer` arguments among a model's constructor ``locals()``,
+    plus the ones the model ``fixed`` itself (e.g. ``causal``, ``mask_token``)."""
+    return {**{k: init_locals[k] for k in BACKBONE_ARGS}, **fixed}
+
+
 class Transformer(nn.Module):
     """Pre-norm ViT over [subject token, registers, patch tokens].
 
