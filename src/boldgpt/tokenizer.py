@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -94,6 +95,29 @@ def interior_patches(maps: torch.Tensor, patchify: MaskedPatchify) -> torch.Tens
     """The patches fully inside the mask of maps (B, H, W), flattened to (B * n, dim):
     what the vocabulary is fitted on (border patches are mostly zeros)."""
     return patchify(maps)[:, patchify.interior].reshape(-1, patchify.dim)
+
+
+def sample_interior_patches(
+    load_maps: Callable[[np.ndarray], torch.Tensor],
+    num_available: int,
+    num_maps: int,
+    patchify: MaskedPatchify,
+    seed: int = 0,
+    chunk: int = 256,
+) -> torch.Tensor:
+    """Interior patches (M, dim) of ``num_maps`` maps drawn without replacement (seeded)
+    from ``num_available``: the training sample of a vocabulary.
+
+    ``load_maps(indices)`` returns the maps (b, H, W) of sorted dataset indices; they
+    are read ``chunk`` at a time, so only the patches are ever held in memory.
+    """
+    n = min(num_maps, num_available)
+    chosen = np.sort(np.random.default_rng(seed).choice(num_available, size=n, replace=False))
+    parts = [
+        interior_patches(load_maps(chosen[i : i + chunk]).to(patchify.mask.device), patchify)
+        for i in range(0, n, chunk)
+    ]
+    return torch.cat(parts).cpu()
 
 
 def save_tokenizer(

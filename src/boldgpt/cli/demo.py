@@ -127,8 +127,9 @@ def calibrate_steps(config: Any, cache_dir: Path, minutes: float) -> tuple[int, 
 
     from boldgpt.data.cache import CachedNSDFlat
     from boldgpt.data.transforms import prepare_batch
-    from boldgpt.engine.distributed import cpu_threads, resolve_device
+    from boldgpt.engine.distributed import resolve_device
     from boldgpt.engine.train import build_model, make_optimizer
+    from boldgpt.utils.threads import cpu_threads
 
     dev = resolve_device(config.train.device)
     data = CachedNSDFlat(cache_dir, config.data.train_split, images=False)
@@ -200,13 +201,14 @@ def run_demo(
     from boldgpt.data.cache import CachedNSDFlat, build_cache
     from boldgpt.data.transforms import dequantize
     from boldgpt.engine.checkpoint import CheckpointManager, load_checkpoint
-    from boldgpt.engine.distributed import cpu_threads, resolve_device
+    from boldgpt.engine.distributed import resolve_device
     from boldgpt.engine.logs import read_log
     from boldgpt.engine.train import train
     from boldgpt.evaluate import metrics
     from boldgpt.models.pca import MaskedPCA, save_pca
     from boldgpt.models.registry import load_model
     from boldgpt.utils.io import write_json
+    from boldgpt.utils.threads import cpu_threads
     from boldgpt.viz import train as viz
 
     out_dir = Path(out_dir)

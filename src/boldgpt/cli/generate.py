@@ -172,7 +172,8 @@ def observed_patches(model_patchify: Any, batch_size: int, how: str, fraction: f
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from boldgpt.engine.distributed import cpu_threads, resolve_device
+    from boldgpt.engine.distributed import resolve_device
+    from boldgpt.utils.threads import cpu_threads
 
     device = resolve_device(args.device)
     # token-by-token decoding of a few maps: one thread is as fast, and far faster when

@@ -37,25 +37,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _fit_vocab(args: argparse.Namespace) -> int:
-    import numpy as np
     import torch
 
     from boldgpt.data.cache import open_cached
     from boldgpt.data.transforms import dequantize
     from boldgpt.errors import DataError
     from boldgpt.patching import MaskedPatchify
-    from boldgpt.tokenizer import KMeansTokenizer, interior_patches, save_tokenizer
+    from boldgpt.tokenizer import KMeansTokenizer, sample_interior_patches, save_tokenizer
     from boldgpt.viz.vocab import plot_vocab
 
     if args.vocab_size < 2 or args.maps < 1 or args.patch_size < 1:
         raise DataError("--vocab-size must be >= 2, --maps and --patch-size >= 1")
     train = open_cached(args.source, "train", subjects=args.subjects, progress=not args.no_progress)
-    rng = np.random.default_rng(args.seed)
     n = min(args.maps, len(train))
-    idx = np.sort(rng.choice(len(train), size=n, replace=False))
-    maps = dequantize(train[idx]["activity"])
     patchify = MaskedPatchify(train.mask, args.patch_size, ordering="raster")
-    patches = interior_patches(maps, patchify)
+    patches = sample_interior_patches(
+        lambda idx: dequantize(train[idx]["activity"]), len(train), n, patchify, args.seed
+    )
     if len(patches) < args.vocab_size:
         raise DataError(
             f"only {len(patches)} interior patches from {n} maps for {args.vocab_size} tokens: "

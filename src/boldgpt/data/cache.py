@@ -59,7 +59,6 @@ from boldgpt.data.nsd_flat import (
     check_file_schema,
     decode_activity,
     decode_image,
-    file_lock,
     index_split,
     load_mask,
     normalize_subjects,
@@ -67,7 +66,7 @@ from boldgpt.data.nsd_flat import (
     resolve_source,
 )
 from boldgpt.errors import DataError
-from boldgpt.utils.io import atomic_dir, atomic_write, write_json
+from boldgpt.utils.io import atomic_dir, atomic_write, file_lock, write_json
 
 FORMAT_VERSION = 1
 ID_COLUMNS = ("subject_id", "nsd_id", "trial_id", "session_id")

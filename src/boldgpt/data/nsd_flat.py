@@ -23,7 +23,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from PIL import Image
 
 from boldgpt.data import schema
 from boldgpt.errors import ConfigError, DataError
+from boldgpt.utils.io import file_lock
 
 DEFAULT_SOURCE = "sim:demo"
 SPLITS = ("train", "val", "test")
@@ -224,24 +225,6 @@ def _fetch_hub(hub_id: str, progress: bool) -> Path:
         if not progress:
             enable_progress_bars()
     return Path(path)
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``path`` (created if missing), released on exit or
-    when the process dies; a no-op where ``fcntl`` is unavailable."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # --------------------------------------------------------------------------- validation

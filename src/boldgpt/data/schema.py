@@ -35,9 +35,15 @@ def quantize(z: np.ndarray) -> np.ndarray:
     return (255.0 * (z + VMAX) / (2 * VMAX)).astype(np.uint8)
 
 
+DEQUANT_SCALE = np.float32(2 * VMAX / 255.0)
+
+
 def dequantize(u: np.ndarray) -> np.ndarray:
     """Decode uint8 activity to z-values: ``z = 5 * u / 255 - 2.5`` (float32)."""
-    return np.asarray(u, dtype=np.float32) * np.float32(2 * VMAX / 255.0) - np.float32(VMAX)
+    z = np.array(u, dtype=np.float32)  # a fresh array, then in place: one allocation
+    np.multiply(z, DEQUANT_SCALE, out=z)
+    np.subtract(z, np.float32(VMAX), out=z)
+    return z
 
 
 def subject_name(subject_id: int) -> str:

@@ -9,7 +9,6 @@ process group with ``gloo`` on CPU or ``nccl`` on GPU.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
 import sys
@@ -54,23 +53,6 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
         if dev.index is None:
             dev = torch.device(f"cuda:{local_rank}")
     return dev
-
-
-@contextlib.contextmanager
-def cpu_threads(n: int | None) -> Iterator[None]:
-    """Run a block with ``n`` torch CPU threads (None: unchanged), then restore.
-
-    Token-by-token decoding of a few maps is made of tiny matrix products that gain
-    nothing from more threads but lose a lot when cores are contended."""
-    if n is None:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def init_distributed(device: str = "auto", timeout_minutes: float = 30.0) -> DistInfo:

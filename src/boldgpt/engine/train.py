@@ -50,6 +50,7 @@ from boldgpt.engine.checkpoint import (
 from boldgpt.engine.config import TrainConfig, save_config
 from boldgpt.engine.logs import LOG_FILE, RunLogger, truncate_log
 from boldgpt.errors import CheckpointError, ConfigError, DataError
+from boldgpt.utils.threads import cpu_threads
 
 Batch = dict[str, torch.Tensor]
 
@@ -187,7 +188,7 @@ def prepare_vocabulary(
 
     Only the main process fits; DDP copies its buffers to the others when it wraps the
     model."""
-    from boldgpt.tokenizer import interior_patches, load_tokenizer, save_tokenizer
+    from boldgpt.tokenizer import load_tokenizer, sample_interior_patches, save_tokenizer
 
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None or tokenizer.is_fitted:
@@ -204,16 +205,13 @@ def prepare_vocabulary(
     if not is_main:
         return None
     n = min(config.model.vocab_fit_maps, len(data.train))
-    rng = np.random.default_rng(config.seed)
-    chosen = np.sort(rng.choice(len(data.train), size=n, replace=False))
     patchify = model.patchify
-    device = patchify.mask.device
-    parts = []
-    for start in range(0, n, 256):
-        raw = _fetch(data.train, chosen[start : start + 256].tolist())
-        maps = data.prepare(raw, device)[getattr(model, "input_key", "activity")]
-        parts.append(interior_patches(maps, patchify).cpu())
-    patches = torch.cat(parts)
+    key = getattr(model, "input_key", "activity")
+
+    def load_maps(indices: np.ndarray) -> torch.Tensor:
+        return data.prepare(_fetch(data.train, indices.tolist()), patchify.mask.device)[key]
+
+    patches = sample_interior_patches(load_maps, len(data.train), n, patchify, config.seed)
     t0 = time.perf_counter()
     tokenizer.fit(patches, seed=config.seed)
     path = out_dir / "vocab.safetensors"
@@ -545,7 +543,7 @@ def train(
         from boldgpt.viz.train import training_examples_figure
 
         path = out_dir / "figures" / f"examples-step{step:07d}.png"
-        with _side_rng(dev, config.seed), D.cpu_threads(1 if dev.type == "cpu" else None):
+        with _side_rng(dev, config.seed), cpu_threads(1 if dev.type == "cpu" else None):
             was_training = model.training
             model.eval()
             try:

@@ -55,6 +55,26 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (created if missing), released on exit or
+    when the process dies: serializes processes (e.g. torchrun ranks) that build the
+    same output. A no-op where ``fcntl`` is unavailable (writes stay atomic)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def current_umask() -> int:
     """The process umask, read without changing it (``os.umask`` sets it, briefly
     affecting every thread)."""

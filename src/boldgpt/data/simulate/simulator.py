@@ -11,13 +11,12 @@ directory that looks finished.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 import boldgpt
@@ -45,7 +43,8 @@ from boldgpt.data.simulate.trials import write_subject
 from boldgpt.data.simulate.truth import TRUTH_DIR
 from boldgpt.data.simulate.writer import SplitWriter, dataset_card
 from boldgpt.errors import ConfigError, DataError
-from boldgpt.utils.io import atomic_dir, write_json
+from boldgpt.utils.io import atomic_dir, file_lock, write_json
+from boldgpt.utils.threads import cpu_threads
 
 VERSION = 1
 """Generator version, stored in simulation.json; bump it when the output changes."""
@@ -251,7 +250,7 @@ def simulate_dataset(
         "design": design_info.get("sha256", "generated"),
     }
     out = Path(out_dir)
-    with _lock(out):
+    with file_lock(out.with_name(f".{out.name}.simulating.lock")):
         existing = _existing_identity(out)
         if existing is None and out.exists() and any(out.iterdir()):
             raise ConfigError(
@@ -275,22 +274,11 @@ def simulate_dataset(
             "design": design_info,
             "test_sessions": spec.design.test_sessions if design is None else 3,
         }
-        with atomic_dir(out) as tmp, _single_threaded_torch():
+        # torch on one thread: the other cores draw (worker processes) or PNG-encode
+        # (threads); oversubscribed, generation ran 2x slower on 2 cores
+        with atomic_dir(out) as tmp, cpu_threads(1):
             _generate(tmp, sched, mask_arr, info, spec.rows_per_shard, progress)
     return out
-
-
-@contextlib.contextmanager
-def _single_threaded_torch() -> Iterator[None]:
-    """Torch on one thread while generating: the other cores are busy drawing (worker
-    processes) or PNG-encoding (threads), and oversubscribed OpenMP threads spin-wait,
-    which made generation 2x slower on a 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @functools.lru_cache(maxsize=2)
@@ -303,23 +291,6 @@ def calibration_set(seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     features = features.astype(np.float16).astype(np.float32)
     drives = category_drives(cal)
     return features, drives
-
-
-@contextlib.contextmanager
-def _lock(out: Path) -> Iterator[None]:
-    """Serialize simulators writing the same directory (e.g. torchrun ranks)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # no advisory locks (Windows): writes are still atomic
-        yield
-        return
-    with open(out.with_name(f".{out.name}.simulating.lock"), "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _existing_identity(out: Path) -> dict | None:
