@@ -32,7 +32,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -40,16 +40,10 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import (
-    BatchSampler,
-    DataLoader,
-    Dataset,
-    RandomSampler,
-    Sampler,
-    SequentialSampler,
-)
+from torch.utils.data import Dataset
 
 from boldgpt.data import schema
+from boldgpt.data.loader import make_dataloader  # the one loader factory (re-exported)
 from boldgpt.data.nsd_flat import (
     DEFAULT_SOURCE,
     SPLITS,
@@ -550,57 +544,6 @@ def open_cached(
 ) -> CachedNSDFlat:
     """:func:`build_cache` (reusing a valid cache) and open one split of it."""
     return CachedNSDFlat(build_cache(source, **build_kwargs), split)
-
-
-def _keep_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    # __getitems__ already returns a collated batch.
-    return batch
-
-
-def make_dataloader(
-    dataset: CachedNSDFlat,
-    batch_size: int,
-    *,
-    shuffle: bool | None = None,
-    seed: int = 0,
-    sampler: Sampler[int] | Iterable[int] | None = None,
-    drop_last: bool = False,
-    num_workers: int = 0,
-    pin_memory: bool = False,
-    persistent_workers: bool = False,
-    prefetch_factor: int | None = None,
-) -> DataLoader:
-    """A ``DataLoader`` of raw batches over a :class:`CachedNSDFlat`.
-
-    Args:
-        batch_size: samples per batch.
-        shuffle: random order (default: True unless a ``sampler`` is given). The order
-            comes from a generator seeded with ``seed``: the same seed gives the same
-            sequence of epochs.
-        sampler: any sampler of indices (distributed, resumable, ...); replaces shuffling.
-        drop_last: drop the last incomplete batch.
-        num_workers: loader processes; 0 (in the main process) is already fast because a
-            batch is one memcpy from the memory map.
-        pin_memory: page-locked batches, for faster copies to a GPU.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-    if sampler is not None and shuffle:
-        raise ValueError("give either shuffle=True or a sampler, not both")
-    if sampler is None:
-        if shuffle is None or shuffle:
-            sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
-        else:
-            sampler = SequentialSampler(dataset)
-    return DataLoader(
-        dataset,
-        batch_sampler=BatchSampler(sampler, batch_size, drop_last),
-        collate_fn=_keep_batch,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        persistent_workers=persistent_workers and num_workers > 0,
-        prefetch_factor=prefetch_factor if num_workers > 0 else None,
-    )
 
 
 __all__ = [
