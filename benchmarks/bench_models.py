@@ -31,7 +31,7 @@ def load_mask() -> tuple[np.ndarray, str]:
     """The real NSD-Flat mask when ../shared is present, else the embedded one."""
     if NSD_MASK.exists():
         return np.load(NSD_MASK), "nsd_flat_mask"
-    from boldgpt.data.simulate import default_mask
+    from boldgpt.sim import default_mask
 
     return default_mask(), "sim default_mask"
 

@@ -1,6 +1,6 @@
-"""A tiny dataset with exactly the NSD-Flat columns (schema.FEATURES), in the hub's file
-layout, for tests: ``data/train-0000k-of-0000K.parquet`` and ``data/test-00000-of-00001.parquet``
-with real PNG encodings, written with ``datasets``.
+"""A tiny dataset with exactly the NSD-Flat columns (``boldgpt.sim.writer.FEATURES``), in
+the hub's file layout, for tests: ``data/train-0000k-of-0000K.parquet`` and
+``data/test-00000-of-00001.parquet`` with real PNG encodings, written with ``datasets``.
 
 The builder keeps what it wrote (maps, images, metadata), so tests compare the loader's
 output with values that did not go through the code under test.
@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from boldgpt.data import schema
+from boldgpt.sim.writer import FEATURES
 
 
 def tiny_mask() -> np.ndarray:
@@ -125,11 +126,9 @@ def write_hub_layout(
     drop_columns: Sequence[str] = (),
     mask: np.ndarray | None = None,
 ) -> Path:
-    """Write rows as ``root/data/{split}-0000k-of-0000K.parquet`` with schema.FEATURES
+    """Write rows as ``root/data/{split}-0000k-of-0000K.parquet`` with ``FEATURES``
     (minus ``drop_columns``); ``mask`` is saved as ``root/mask.npy`` when given."""
-    features = datasets.Features(
-        {k: v for k, v in schema.FEATURES.items() if k not in drop_columns}
-    )
+    features = datasets.Features({k: v for k, v in FEATURES.items() if k not in drop_columns})
     (root / "data").mkdir(parents=True, exist_ok=True)
     for split, split_rows in rows.items():
         shards = train_shards if split == "train" else 1

@@ -14,7 +14,7 @@ _CACHE: dict[str, Path] = {}
 def ci_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``simulate_dataset(..., "ci", seed=0)`` in a session temp dir."""
     if "ci" not in _CACHE:
-        from boldgpt.data.simulate import simulate_dataset
+        from boldgpt.sim import simulate_dataset
 
         root = tmp_path_factory.mktemp("sim") / "ci-seed0"
         _CACHE["ci"] = simulate_dataset(root, "ci", seed=0, progress=False)

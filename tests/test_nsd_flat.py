@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import sys
 import time
 import types
@@ -17,7 +18,10 @@ from PIL import Image
 
 from boldgpt.cli import main
 from boldgpt.data import nsd_flat, schema
+from boldgpt.data.masks import check_mask
+from boldgpt.data.sources import SourceSpec, parse_source
 from boldgpt.errors import ConfigError, DataError
+from boldgpt.sim.writer import FEATURES
 from nsd_tiny import build_tiny_nsd, make_rows, png, tiny_mask, write_hub_layout
 
 
@@ -43,7 +47,7 @@ def test_round_trip_through_the_loader(tiny, hf_cache, split):
     ds = nsd_flat.load_nsd_flat(tiny.root, split, cache_dir=hf_cache, progress=False)
     hub, rows = _expected(tiny, split)
     assert len(ds) == len(rows) > 0
-    assert ds.features == schema.FEATURES  # exactly the NSD-Flat columns and types
+    assert ds.features == FEATURES  # exactly the NSD-Flat columns and types
     for name in ("subject_id", "trial_id", "session_id", "nsd_id", "shared1000"):
         assert ds[name] == tiny.column(hub, name)[rows].tolist()
     for j in (0, len(ds) - 1):
@@ -128,8 +132,8 @@ def test_bad_mask_file(tmp_path, array, message):
 
 
 def test_real_mask_file_passes_validation(nsd_mask):
-    np.testing.assert_array_equal(nsd_flat.check_mask(nsd_mask), nsd_mask)
-    assert nsd_flat.check_mask(nsd_mask).sum() == 18_577
+    np.testing.assert_array_equal(check_mask(nsd_mask), nsd_mask)
+    assert check_mask(nsd_mask).sum() == 18_577
 
 
 def test_decode_activity_checks_every_map():
@@ -248,9 +252,9 @@ def test_sim_source_generates_once_into_boldgpt_home(tmp_path, monkeypatch):
         (Path(out_dir) / "simulation.json").write_text(json.dumps({"preset": preset}))
         return Path(out_dir)
 
-    fake = types.ModuleType("boldgpt.data.simulate")
+    fake = types.ModuleType("boldgpt.sim")
     fake.simulate_dataset = fake_simulate
-    monkeypatch.setitem(sys.modules, "boldgpt.data.simulate", fake)
+    monkeypatch.setitem(sys.modules, "boldgpt.sim", fake)
     monkeypatch.setenv("BOLDGPT_HOME", str(tmp_path / "home"))
     src = nsd_flat.resolve_source("sim:ci", progress=False)
     assert src.kind == "sim" and src.root == tmp_path / "home" / "sim" / "ci-seed0"
@@ -265,7 +269,7 @@ def test_sim_source_generates_once_into_boldgpt_home(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_real_simulator_output_loads_through_the_same_loader(tmp_path, monkeypatch):
-    sim = pytest.importorskip("boldgpt.data.simulate")
+    sim = pytest.importorskip("boldgpt.sim")
     if not hasattr(sim, "simulate_dataset"):
         pytest.skip("simulator not available yet")
     from boldgpt.data.cache import CachedNSDFlat, build_cache
@@ -279,7 +283,7 @@ def test_real_simulator_output_loads_through_the_same_loader(tmp_path, monkeypat
     ds = nsd_flat.load_nsd_flat("sim:ci", "val", cache_dir=tmp_path / "hf", progress=False)
     assert (root / "simulation.json").stat().st_mtime_ns == stamp
     assert len(ds) > 0 and all(ds["shared1000"]) and set(ds["subject_id"]) == {0}
-    assert set(schema.FEATURES) <= set(ds.features)
+    assert set(FEATURES) <= set(ds.features)
     assert np.asarray(ds[0]["activity"]).shape == schema.MAP_SHAPE
     out = build_cache("sim:ci", splits=["val"], image_size=32, progress=False)
     cached = CachedNSDFlat(out, "val")
@@ -311,3 +315,42 @@ def test_inspect_counts_patches_of_the_real_mask(tiny, nsd_mask, tmp_path):
     assert int(info["mask"].sum()) == 18_577  # SPEC section 2
     assert info["patches"][10] == (253, 126)
     assert info["patches"][16][0] == 114
+
+
+def test_reading_data_and_building_models_import_no_heavy_or_simulator_modules():
+    # In a fresh interpreter: the data layer (loader, schema, sources, cache, transforms,
+    # masks) and the models must not pull in `datasets` (~1 s), scipy, scikit-image or
+    # the simulator; every training process and loader worker pays for what they import.
+    code = (
+        "import sys\n"
+        "import boldgpt.data, boldgpt.models\n"
+        "import boldgpt.data.nsd_flat, boldgpt.data.sources, boldgpt.data.schema\n"
+        "import boldgpt.data.cache, boldgpt.data.transforms, boldgpt.data.masks\n"
+        "print('\\n'.join(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "boldgpt.data.cache" in out and "torch" in out  # the imports did run
+    heavy = [m for m in out if m.split(".")[0] in ("datasets", "scipy", "skimage")]
+    simulator = [m for m in out if m == "boldgpt.sim" or m.startswith("boldgpt.sim.")]
+    assert heavy == [] and simulator == []
+
+
+def test_parse_source_kinds_and_errors(tmp_path):
+    assert parse_source("sim:demo") == SourceSpec("sim:demo", "sim", preset="demo", seed=0)
+    assert parse_source("sim:ci:7").seed == 7
+    assert parse_source(tmp_path) == SourceSpec(str(tmp_path), "local", path=tmp_path.resolve())
+    assert parse_source("clane9/NSD-Flat").hub_id == "clane9/NSD-Flat"
+    with pytest.raises(
+        ConfigError, match=r"unknown simulator preset 'demoo'.*did you mean 'sim:demo'"
+    ):
+        parse_source("sim:demoo")
+    with pytest.raises(ConfigError, match="integer seed"):
+        parse_source("sim:demo:x")
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(DataError, match="is a file; expected a directory"):
+        parse_source(tmp_path / "f.txt")
+    for bad in ("./nowhere", "/no/such/dir", "a/b/c"):
+        with pytest.raises(DataError, match="does not exist"):
+            parse_source(bad)

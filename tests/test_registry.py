@@ -83,9 +83,9 @@ def test_unknown_names_and_arguments_raise_config_errors():
 
 
 def test_default_mask_is_the_embedded_datasets():
-    simulate = pytest.importorskip("boldgpt.data.simulate")
+    simulate = pytest.importorskip("boldgpt.sim")
     if not hasattr(simulate, "default_mask"):
-        pytest.skip("boldgpt.data.simulate.default_mask not available yet")
+        pytest.skip("boldgpt.sim.default_mask not available yet")
     model = create_model("boldgpt_micro_patch10", **SMALL)
     assert torch.equal(model.patchify.mask, torch.from_numpy(simulate.default_mask()))
 

@@ -19,7 +19,11 @@ import pytest
 from PIL import Image
 
 from boldgpt.data import schema
-from boldgpt.data.simulate import (
+from boldgpt.data.masks import named_mask
+from boldgpt.data.sources import SIM_PRESETS, parse_source
+from boldgpt.errors import ConfigError, DataError
+from boldgpt.patching import MaskedPatchify
+from boldgpt.sim import (
     PRESETS,
     default_mask,
     geometry,
@@ -28,11 +32,9 @@ from boldgpt.data.simulate import (
     store,
     trials,
 )
-from boldgpt.data.simulate.design import generate_design, load_design
-from boldgpt.data.simulate.stimuli import render_stimulus
-from boldgpt.data.simulate.writer import SplitWriter, encode_png, rows_table, shard_names
-from boldgpt.errors import ConfigError, DataError
-from boldgpt.patching import MaskedPatchify
+from boldgpt.sim.design import generate_design, load_design
+from boldgpt.sim.stimuli import render_stimulus
+from boldgpt.sim.writer import FEATURES, SplitWriter, encode_png, rows_table, shard_names
 from sim_data import ci_dataset
 
 # Public COCO facts: name -> (official id, contiguous 0-79 index, supercategory).
@@ -124,7 +126,7 @@ def test_ci_layout(ci):
 def test_ci_loads_with_datasets_and_matches_nsd_flat_format(ci):
     ds = datasets.load_dataset(str(ci))
     assert set(ds) == {"train", "test"}
-    assert ds["train"].features == schema.FEATURES
+    assert ds["train"].features == FEATURES
     row = ds["train"][0]
     act, img = row["activity"], row["image"]
     assert act.mode == "L" and act.size == (200, 215)
@@ -302,7 +304,7 @@ def test_split_writer_streams_shards(tmp_path):
     files = sorted(tmp_path.glob("data/train-*.parquet"))
     assert [f.name for f in files] == [f"train-0000{i}-of-00003.parquet" for i in range(3)]
     assert [pq.read_metadata(f).num_rows for f in files] == [10, 10, 5]
-    assert pq.read_table(files[0]).schema.equals(schema.FEATURES.arrow_schema)
+    assert pq.read_table(files[0]).schema.equals(FEATURES.arrow_schema)
     w = SplitWriter(tmp_path / "x", "test", 7, rows_per_shard=10)
     w.write(rows_table(_rows(5)))
     with pytest.raises(RuntimeError, match="wrote 5 rows, expected 7"):
@@ -467,3 +469,16 @@ def test_cli(ci, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "400 train + 200 test maps" in out and "subjects [0, 1]" in out
     assert Image.open(fig).size[0] > 500
+
+
+def test_shipped_named_mask_is_the_simulators_default_mask():
+    # The data layer ships the mask as a file so that it never imports the simulator; the
+    # file must stay the mask the simulator draws every sim:<preset> dataset with.
+    shipped = named_mask("sim")
+    assert shipped.dtype == np.bool_ and shipped.shape == schema.MAP_SHAPE
+    np.testing.assert_array_equal(shipped, default_mask())
+
+
+def test_data_layer_knows_the_simulators_presets():
+    assert set(SIM_PRESETS) == set(PRESETS)
+    assert parse_source("sim:ci").preset == "ci"

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from boldgpt.data.simulate import load_ground_truth, load_subject_model, validate
-from boldgpt.data.simulate.simulator import DEFAULT_SNR
+from boldgpt.sim import load_ground_truth, load_subject_model, validate
+from boldgpt.sim.simulator import DEFAULT_SNR
 from sim_data import ci_dataset
 
 

@@ -98,7 +98,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from boldgpt.data.simulate import simulate_dataset
+    from boldgpt.sim import simulate_dataset
 
     t0 = time.perf_counter()
     root = simulate_dataset(
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         plot_simulation(root, args.figure)
         print(f"figure: {args.figure}")
     if args.validate:
-        from boldgpt.data.simulate.validate import validate_simulation
+        from boldgpt.sim.validate import validate_simulation
         from boldgpt.utils.io import write_json
 
         metrics = validate_simulation(root, progress=not args.no_progress)

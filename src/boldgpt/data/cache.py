@@ -45,18 +45,20 @@ from torch.utils.data import Dataset
 from boldgpt.data import schema
 from boldgpt.data.loader import make_dataloader  # the one loader factory (re-exported)
 from boldgpt.data.nsd_flat import (
-    DEFAULT_SOURCE,
     SPLITS,
-    Source,
     SplitIndex,
-    boldgpt_home,
     check_file_schema,
     decode_activity,
     decode_image,
     index_split,
     load_mask,
-    normalize_subjects,
     read_rows,
+)
+from boldgpt.data.sources import (
+    DEFAULT_SOURCE,
+    Source,
+    boldgpt_home,
+    normalize_subjects,
     resolve_source,
 )
 from boldgpt.errors import DataError

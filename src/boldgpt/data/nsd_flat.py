@@ -1,33 +1,21 @@
-"""NSD-Flat sources, schema validation, splits, the cortex mask and checked PNG decoding.
+"""NSD-Flat schema validation, splits, the cortex mask of a source and checked PNG
+decoding.
 
-A *source* is one of (see docs/DESIGN.md):
-
-- ``sim:<preset>`` or ``sim:<preset>:<seed>``: the embedded simulator's output, generated
-  on first use into ``$BOLDGPT_HOME/sim/<preset>-seed<seed>`` and reused afterwards;
-- a local directory in the hub layout (``data/train-*.parquet``, ``data/test-*.parquet``,
-  optionally ``mask.npy``), e.g. the simulator's output or a local copy of NSD-Flat;
-- a hub id ``owner/name`` (e.g. ``clane9/NSD-Flat``), fetched with ``huggingface_hub``
-  only where the network allows (offline it must already be in the local hub cache).
-
-Every source ends up as local parquet shards, so one code path validates, splits and
-decodes all three. Splits: ``train`` = hub train split minus ``shared1000`` rows, ``val``
-= the ``shared1000`` rows of the hub train split, ``test`` = the hub test split.
+Sources (``sim:<preset>``, a local directory, a hub id) are parsed and made local by
+:mod:`boldgpt.data.sources`; every source ends up as local parquet shards, so one code
+path validates, splits and decodes all three. Splits: ``train`` = hub train split minus
+``shared1000`` rows, ``val`` = the ``shared1000`` rows of the hub train split, ``test`` =
+the hub test split.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import io
-import json
 import os
-import re
-import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 import pyarrow as pa
@@ -35,196 +23,23 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from boldgpt.data import schema
-from boldgpt.errors import ConfigError, DataError
-from boldgpt.utils.io import file_lock
+from boldgpt.data.masks import read_mask_file
+from boldgpt.data.sources import (
+    DEFAULT_SOURCE,
+    Source,
+    normalize_subjects,
+    resolve_source,
+)
+from boldgpt.errors import DataError
 
-DEFAULT_SOURCE = "sim:demo"
 SPLITS = ("train", "val", "test")
 HUB_SPLIT = {"train": "train", "val": "train", "test": "test"}
 """The hub split each boldgpt split is drawn from."""
 META_COLUMNS = ("subject_id", "trial_id", "session_id", "nsd_id", "shared1000")
-HUB_PROBE_TIMEOUT_S = 3.0
 READ_BATCH = 64
 """Rows read from a parquet row group at a time."""
 MASK_SAMPLE_MAPS = 256
 """Maps decoded to estimate a mask when the source ships none."""
-
-_HUB_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-_HUB_PATTERNS = ["data/*.parquet", "mask.npy", "README.md"]
-
-
-def boldgpt_home() -> Path:
-    """``$BOLDGPT_HOME`` (default ``~/.cache/boldgpt``): simulated data and caches."""
-    return Path(os.environ.get("BOLDGPT_HOME", "~/.cache/boldgpt")).expanduser()
-
-
-# --------------------------------------------------------------------------- sources
-
-
-@dataclass(frozen=True)
-class Source:
-    """A resolved data source: local parquet shards in the hub layout.
-
-    ``spec`` is the string the user gave; ``kind`` is ``"sim"``, ``"local"`` or ``"hub"``;
-    ``root`` the local directory; ``files`` maps hub split (``train``/``test``) to its
-    shards, sorted by name (the row order of the split).
-    """
-
-    spec: str
-    kind: str
-    root: Path
-    files: dict[str, tuple[Path, ...]] = field(hash=False)
-    identity: str = ""
-
-    @property
-    def name(self) -> str:
-        """A short file-name-safe label, e.g. ``sim-demo-seed0`` or ``clane9--NSD-Flat``."""
-        if self.kind == "hub":
-            label = self.identity.replace("/", "--")
-        elif self.kind == "sim":
-            label = "sim-" + self.root.name
-        else:
-            label = self.root.name or "source"
-        return re.sub(r"[^\w.-]+", "_", label)
-
-    def fingerprint(self) -> str:
-        """A hash of the shards' names, sizes and modification times (and of
-        ``mask.npy``): it changes whenever the data on disk changes."""
-        entries = []
-        paths = [p for files in self.files.values() for p in files]
-        mask = self.root / "mask.npy"
-        if mask.exists():
-            paths.append(mask)
-        for path in sorted(paths):
-            st = path.stat()
-            entries.append([path.relative_to(self.root).as_posix(), st.st_size, st.st_mtime_ns])
-        blob = json.dumps(entries).encode()
-        return hashlib.sha256(blob).hexdigest()
-
-
-def resolve_source(source: str | os.PathLike = DEFAULT_SOURCE, *, progress: bool = True) -> Source:
-    """Turn a source string into local parquet shards, generating or downloading as needed.
-
-    ``sim:<preset>[:<seed>]`` runs the simulator once; a hub id is fetched only when the
-    network allows (``HF_HUB_OFFLINE=1`` or an unreachable hub gives a :class:`DataError`
-    within a few seconds unless the dataset is already in the local hub cache).
-    """
-    spec = os.fspath(source)
-    if spec.startswith("sim:"):
-        root, identity = _resolve_sim(spec, progress), None
-        kind = "sim"
-    else:
-        path = Path(spec).expanduser()
-        if path.exists():
-            if not path.is_dir():
-                raise DataError(
-                    f"source {spec!r} is a file; expected a directory in the NSD-Flat hub "
-                    "layout (data/train-*.parquet, data/test-*.parquet)"
-                )
-            root, kind, identity = path.resolve(), "local", None
-        elif _HUB_ID_RE.fullmatch(spec) and not spec.startswith((".", "~")):
-            root, kind, identity = _fetch_hub(spec, progress), "hub", spec
-        else:
-            raise DataError(
-                f"source {spec!r} does not exist: expected 'sim:<preset>', a local directory "
-                "in the NSD-Flat hub layout, or a hub id 'owner/name'"
-            )
-    files = {}
-    for hub_split, pattern in schema.SPLIT_FILES.items():
-        files[hub_split] = tuple(sorted(root.glob(pattern)))
-    if not files["train"] and not files["test"]:
-        raise DataError(
-            f"{root} has no parquet shards: expected the hub layout "
-            f"{schema.SPLIT_FILES['train']} and {schema.SPLIT_FILES['test']}"
-        )
-    return Source(spec, kind, root, files, identity or str(root))
-
-
-def _resolve_sim(spec: str, progress: bool) -> Path:
-    parts = spec.split(":")
-    if len(parts) not in (2, 3) or not parts[1] or (len(parts) == 3 and not parts[2].isdigit()):
-        raise ConfigError(f"bad simulator source {spec!r}: expected 'sim:<preset>[:<seed>]'")
-    preset, seed = parts[1], int(parts[2]) if len(parts) == 3 else 0
-    out_dir = boldgpt_home() / "sim" / f"{preset}-seed{seed}"
-    if _sim_ready(out_dir):
-        return out_dir
-    try:
-        from boldgpt.data.simulate import simulate_dataset
-    except ImportError as exc:
-        raise ConfigError(
-            f"source {spec!r} needs the embedded simulator (boldgpt.data.simulate), which is "
-            f"not available: {exc}"
-        ) from exc
-    # Several processes (e.g. torchrun ranks) may ask for the same dataset at once.
-    with file_lock(out_dir.with_name(f".{out_dir.name}.lock")):
-        if not _sim_ready(out_dir):
-            simulate_dataset(
-                out_dir, preset, seed=seed, overwrite=out_dir.exists(), progress=progress
-            )
-    if not _sim_ready(out_dir):
-        raise DataError(f"the simulator did not write a complete dataset to {out_dir}")
-    return out_dir
-
-
-def _sim_ready(out_dir: Path) -> bool:
-    return (out_dir / "simulation.json").exists() and any(out_dir.glob(schema.SPLIT_FILES["train"]))
-
-
-def _hub_offline() -> bool:
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
-            return True
-    return False
-
-
-def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
-    """Can we open a TCP connection to the hub endpoint? DNS lookups ignore socket
-    timeouts, so the probe runs in a thread that we stop waiting for."""
-    import socket
-
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
-    ok: list[bool] = []
-
-    def probe() -> None:
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
-            ok.append(True)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(ok)
-
-
-def _fetch_hub(hub_id: str, progress: bool) -> Path:
-    offline = _hub_offline()
-    reason = "offline mode is on (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)"
-    if not offline and not _hub_reachable():
-        offline = True
-        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-        reason = f"{endpoint} did not accept a connection (timeout {HUB_PROBE_TIMEOUT_S:g} s)"
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
-
-    if not progress:
-        disable_progress_bars()
-    try:
-        # Offline, a copy already in the local hub cache still works.
-        path = snapshot_download(
-            hub_id, repo_type="dataset", allow_patterns=_HUB_PATTERNS, local_files_only=offline
-        )
-    except Exception as exc:
-        if offline:
-            raise DataError(
-                f"source {hub_id!r} is not a local directory, and as a hub dataset id it cannot "
-                f"be fetched: {reason}, and it is not in the local hub cache. Use 'sim:demo' or "
-                "a local directory in the NSD-Flat layout."
-            ) from exc
-        raise DataError(f"could not fetch hub dataset {hub_id!r}: {exc}") from exc
-    finally:
-        if not progress:
-            enable_progress_bars()
-    return Path(path)
 
 
 # --------------------------------------------------------------------------- validation
@@ -336,37 +151,6 @@ def png_bytes(column: pa.ChunkedArray | pa.Array) -> list[bytes | None]:
 
 
 # --------------------------------------------------------------------------- splits
-
-
-def normalize_subjects(subjects: int | str | Sequence[int | str] | None) -> list[int] | None:
-    """Subject selection as sorted 0-based ``subject_id`` values.
-
-    Accepts ids (``0``), digit strings (``"0"``) and NSD names (``"subj01"`` = id 0).
-    """
-    if subjects is None:
-        return None
-    if isinstance(subjects, (int, str, np.integer)):
-        subjects = [subjects]
-    out = set()
-    for s in subjects:
-        if isinstance(s, str):
-            m = re.fullmatch(r"subj(\d+)", s.strip())
-            if m and int(m.group(1)) >= 1:
-                sid = int(m.group(1)) - 1
-            elif s.strip().isdigit():
-                sid = int(s)
-            else:
-                raise ValueError(
-                    f"bad subject {s!r}: expected a 0-based id or a name like 'subj01'"
-                )
-        elif isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 0:
-            sid = int(s)
-        else:
-            raise ValueError(f"bad subject {s!r}: expected a 0-based id or a name like 'subj01'")
-        out.add(sid)
-    if not out:
-        raise ValueError("subjects is empty: give None for all subjects")
-    return sorted(out)
 
 
 @dataclass
@@ -575,21 +359,6 @@ def load_nsd_flat(
 # --------------------------------------------------------------------------- mask
 
 
-def check_mask(mask: Any, where: str = "mask") -> np.ndarray:
-    """Validate a cortex mask: shape (215, 200), bool (or integers that are all 0/1), not
-    empty. Returns it as a bool array."""
-    mask = np.asarray(mask)
-    if mask.shape != schema.MAP_SHAPE:
-        raise DataError(f"{where}: mask has shape {mask.shape}; expected {schema.MAP_SHAPE}")
-    if mask.dtype != np.bool_:
-        if not np.issubdtype(mask.dtype, np.integer) or not np.isin(mask, (0, 1)).all():
-            raise DataError(f"{where}: mask has dtype {mask.dtype}; expected bool (or 0/1 ints)")
-        mask = mask.astype(bool)
-    if not mask.any():
-        raise DataError(f"{where}: mask is empty (no True pixel)")
-    return mask
-
-
 def estimate_mask(maps: np.ndarray) -> np.ndarray:
     """Pixels that vary across maps (K, 215, 200): outside the cortex every map holds the
     same background value, inside z-scored activity essentially never repeats exactly."""
@@ -619,27 +388,13 @@ def load_mask(
     (pixels that are not constant background).
     """
     if mask_file is not None:
-        path = Path(mask_file).expanduser()
-        if not path.exists():
-            raise DataError(f"mask file {path} does not exist")
-        try:
-            if path.suffix.lower() == ".npy":
-                arr = np.load(path, allow_pickle=False)
-            else:
-                arr = np.asarray(Image.open(path).convert("L")) > 0
-        except Exception as exc:
-            raise DataError(f"{path}: cannot read a mask ({exc})") from exc
-        return check_mask(arr, str(path))
+        return read_mask_file(mask_file, schema.MAP_SHAPE)
     if source is None:
         raise ValueError("load_mask needs a source or a mask_file")
     src = source if isinstance(source, Source) else resolve_source(source, progress=progress)
     shipped = src.root / "mask.npy"
     if shipped.exists():
-        try:
-            arr = np.load(shipped, allow_pickle=False)
-        except Exception as exc:
-            raise DataError(f"{shipped}: cannot read a mask ({exc})") from exc
-        return check_mask(arr, str(shipped))
+        return read_mask_file(shipped, schema.MAP_SHAPE)
     # Estimate from the first maps of the hub train split (train and val rows alike).
     files = src.files["train"] or src.files["test"]
     for path in files:

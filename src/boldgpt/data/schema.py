@@ -2,12 +2,13 @@
 
 Everything that reads or writes NSD-Flat rows (the hub dataset, a local copy, the
 embedded simulator) goes through the constants and functions here, so the format is
-defined in exactly one place.
+defined in exactly one place. The full Hugging Face ``datasets`` row schema, which only
+a writer of rows needs, is ``boldgpt.sim.writer.FEATURES`` (kept there so that reading
+data never imports ``datasets``, ~1 s).
 """
 
 from __future__ import annotations
 
-import datasets
 import numpy as np
 
 HEIGHT = 215
@@ -50,51 +51,6 @@ def subject_name(subject_id: int) -> str:
     """``0 -> "subj01"``: NSD's 1-based subject names."""
     return f"subj{subject_id + 1:02d}"
 
-
-def _repetitions_features() -> datasets.Features:
-    # For each of the 8 NSD subjects and 3 repetitions: the 1-based trial id at which
-    # the subject saw this image (0 when it did not), as in nsd_stim_info_merged.csv.
-    return {
-        f"subject{s}_rep{r}": datasets.Value("int64")
-        for s in range(1, NUM_NSD_SUBJECTS + 1)
-        for r in range(3)
-    }
-
-
-FEATURES = datasets.Features(
-    {
-        "subject_id": datasets.Value("int64"),
-        "trial_id": datasets.Value("int64"),
-        "session_id": datasets.Value("int64"),
-        "nsd_id": datasets.Value("int64"),
-        "image": datasets.Image(),
-        "activity": datasets.Image(),
-        "subject": datasets.Value("string"),
-        "flagged": datasets.Value("bool"),
-        "BOLD5000": datasets.Value("bool"),
-        "shared1000": datasets.Value("bool"),
-        "coco_split": datasets.Value("string"),
-        "coco_id": datasets.Value("int64"),
-        "objects": {
-            "area": datasets.List(datasets.Value("int64")),
-            "bbox": datasets.List(datasets.List(datasets.Value("float64"))),
-            "category": datasets.List(datasets.Value("string")),
-            "iscrowd": datasets.List(datasets.Value("int64")),
-            "segmentation": datasets.List(
-                {
-                    "counts": datasets.Value("string"),
-                    "poly": datasets.List(datasets.List(datasets.Value("float64"))),
-                    "size": datasets.List(datasets.Value("int64")),
-                }
-            ),
-            "supercategory": datasets.List(datasets.Value("string")),
-            "target": datasets.List(datasets.Value("int64")),
-        },
-        "captions": datasets.List(datasets.Value("string")),
-        "repetitions": _repetitions_features(),
-    }
-)
-"""The full NSD-Flat row schema (Hugging Face ``datasets`` features)."""
 
 REQUIRED_COLUMNS: dict[str, str] = {
     "subject_id": "int64",

@@ -81,7 +81,7 @@ def create_model(
     Args:
         name: a name from :func:`list_models`, e.g. ``"boldgpt_tiny_patch10"``.
         mask: bool (H, W) pixels with signal. Default: the embedded dataset's mask
-            (``boldgpt.data.simulate.default_mask()``) for BOLD models, a full
+            (``boldgpt.sim.default_mask()``) for BOLD models, a full
             ``image_size`` square for image models.
         **overrides: constructor arguments replacing the preset, e.g.
             ``categorical=True``, ``num_subjects=8``, ``depth=6``.
@@ -311,11 +311,11 @@ def _default_mask(kwargs: dict[str, Any]) -> np.ndarray:
         size = int(kwargs.get("image_size", DEFAULT_IMAGE_SIZE))
         return np.ones((size, size), dtype=bool)
     try:
-        from boldgpt.data.simulate import default_mask
+        from boldgpt.sim import default_mask
     except ImportError as exc:
         raise ConfigError(
             "no mask given and the embedded dataset's default mask "
-            f"(boldgpt.data.simulate.default_mask) is unavailable ({exc}); pass mask="
+            f"(boldgpt.sim.default_mask) is unavailable ({exc}); pass mask="
         ) from exc
     return np.asarray(default_mask(), dtype=bool)
 

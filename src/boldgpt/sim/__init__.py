@@ -7,7 +7,7 @@ contrast, category-selective regions, per-subject anatomy and gains, and spatial
 correlated noise at a chosen SNR. The noiseless maps are kept, so models trained on
 the data can be scored against the truth.
 
-    from boldgpt.data.simulate import simulate_dataset, load_ground_truth
+    from boldgpt.sim import simulate_dataset, load_ground_truth
     root = simulate_dataset("sim-demo", "demo")                 # 10,000 maps
     truth = load_ground_truth(root, subject_id=0, nsd_ids=[...]) # (n, 215, 200)
 
@@ -26,15 +26,15 @@ from __future__ import annotations
 from boldgpt.utils.lazy import lazy_exports
 
 _LAZY = {
-    "default_mask": "boldgpt.data.simulate.geometry",
-    "simulate_dataset": "boldgpt.data.simulate.simulator",
-    "PRESETS": "boldgpt.data.simulate.simulator",
-    "Preset": "boldgpt.data.simulate.simulator",
-    "DEFAULT_SNR": "boldgpt.data.simulate.simulator",
-    "load_ground_truth": "boldgpt.data.simulate.truth",
-    "load_stimulus_truth": "boldgpt.data.simulate.truth",
-    "load_subject_model": "boldgpt.data.simulate.truth",
-    "validate_simulation": "boldgpt.data.simulate.validate",
+    "default_mask": "boldgpt.sim.geometry",
+    "simulate_dataset": "boldgpt.sim.simulator",
+    "PRESETS": "boldgpt.sim.simulator",
+    "Preset": "boldgpt.sim.simulator",
+    "DEFAULT_SNR": "boldgpt.sim.simulator",
+    "load_ground_truth": "boldgpt.sim.truth",
+    "load_stimulus_truth": "boldgpt.sim.truth",
+    "load_subject_model": "boldgpt.sim.truth",
+    "validate_simulation": "boldgpt.sim.validate",
 }
 
-__all__, __getattr__, __dir__ = lazy_exports("boldgpt.data.simulate", _LAZY, globals())
+__all__, __getattr__, __dir__ = lazy_exports("boldgpt.sim", _LAZY, globals())

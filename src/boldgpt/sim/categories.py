@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from boldgpt.data.simulate.geometry import DOMAINS
+from boldgpt.sim.geometry import DOMAINS
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from boldgpt.data.simulate import categories as cats
-from boldgpt.data.simulate.geometry import DOMAINS
-from boldgpt.data.simulate.stimuli import Stimulus
+from boldgpt.sim import categories as cats
+from boldgpt.sim.geometry import DOMAINS
+from boldgpt.sim.stimuli import Stimulus
 
 GRID = 32
 """Cells per side of the feature grid over the stimulus (0.26 degrees each)."""

@@ -38,10 +38,10 @@ from scipy import ndimage
 from scipy.special import ndtr
 
 from boldgpt.data import schema
-from boldgpt.data.simulate import categories as cats
-from boldgpt.data.simulate import geometry as geo
-from boldgpt.data.simulate.features import GRID, NUM_DRIVES
 from boldgpt.errors import DataError
+from boldgpt.sim import categories as cats
+from boldgpt.sim import geometry as geo
+from boldgpt.sim.features import GRID, NUM_DRIVES
 from boldgpt.utils.io import atomic_write
 
 _BRAIN = 0xB4A1  # random stream id of subjects' brains

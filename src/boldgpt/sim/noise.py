@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from boldgpt.data import schema
-from boldgpt.data.simulate import geometry as geo
+from boldgpt.sim import geometry as geo
 
 _NOISE = 0x0153  # random stream id of noise
 NOISE_SHARES = {"smooth": 0.55, "broad": 0.25, "white": 0.20}

@@ -1,6 +1,6 @@
 """Drawing COCO-like objects: each category gets a recognisable shape, colour and texture.
 
-Every drawer takes a :class:`~boldgpt.data.simulate.painter.Painter` whose box is set to
+Every drawer takes a :class:`~boldgpt.sim.painter.Painter` whose box is set to
 the object's bounding box, and draws in box coordinates facing right (the painter
 mirrors it when the object faces left).
 """
@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from boldgpt.data.simulate.painter import (
+from boldgpt.sim.painter import (
     BLACK,
     GRAY,
     SKIN,

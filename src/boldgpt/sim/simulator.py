@@ -28,21 +28,21 @@ from tqdm.auto import tqdm
 
 import boldgpt
 from boldgpt.data import schema
-from boldgpt.data.simulate import categories as cats
-from boldgpt.data.simulate import forward, noise
-from boldgpt.data.simulate.design import Design, DesignSpec, generate_design, load_design
-from boldgpt.data.simulate.features import (
+from boldgpt.errors import ConfigError, DataError
+from boldgpt.sim import categories as cats
+from boldgpt.sim import forward, noise
+from boldgpt.sim.design import Design, DesignSpec, generate_design, load_design
+from boldgpt.sim.features import (
     category_drives,
     contrast_features,
     reduce_image,
 )
-from boldgpt.data.simulate.geometry import default_mask
-from boldgpt.data.simulate.stimuli import DEFAULT_IMAGE_SIZE, render_stimulus
-from boldgpt.data.simulate.store import StimulusStore
-from boldgpt.data.simulate.trials import write_subject
-from boldgpt.data.simulate.truth import TRUTH_DIR
-from boldgpt.data.simulate.writer import SplitWriter, dataset_card
-from boldgpt.errors import ConfigError, DataError
+from boldgpt.sim.geometry import default_mask
+from boldgpt.sim.stimuli import DEFAULT_IMAGE_SIZE, render_stimulus
+from boldgpt.sim.store import StimulusStore
+from boldgpt.sim.trials import write_subject
+from boldgpt.sim.truth import TRUTH_DIR
+from boldgpt.sim.writer import SplitWriter, dataset_card
 from boldgpt.utils.io import atomic_dir, file_lock, write_json
 from boldgpt.utils.threads import cpu_threads
 
@@ -266,7 +266,7 @@ def simulate_dataset(
                 "pass overwrite=True (--overwrite) to replace it"
             )
         info = {
-            "generator": "boldgpt.data.simulate",
+            "generator": "boldgpt.sim",
             "boldgpt_version": boldgpt.__version__,
             "identity": identity,
             **{k: v for k, v in identity.items() if k not in ("mask", "design")},

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from boldgpt.data.simulate import categories as cats
-from boldgpt.data.simulate.objects import DRAWERS
-from boldgpt.data.simulate.painter import Painter
-from boldgpt.data.simulate.scenes import BACKGROUNDS
+from boldgpt.sim import categories as cats
+from boldgpt.sim.objects import DRAWERS
+from boldgpt.sim.painter import Painter
+from boldgpt.sim.scenes import BACKGROUNDS
 
 DEFAULT_IMAGE_SIZE = 256
 _STREAM = 0x5715  # random stream id of stimuli (distinct from design, brains and noise)

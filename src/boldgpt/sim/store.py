@@ -24,18 +24,17 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from boldgpt.data import schema
-from boldgpt.data.simulate import categories as cats
-from boldgpt.data.simulate import scenes
-from boldgpt.data.simulate.features import (
+from boldgpt.sim import categories as cats
+from boldgpt.sim import scenes
+from boldgpt.sim.features import (
     GRID,
     NUM_DRIVES,
     contrast_features,
     drive_vector,
     reduce_image,
 )
-from boldgpt.data.simulate.stimuli import render_stimulus
-from boldgpt.data.simulate.writer import encode_png
+from boldgpt.sim.stimuli import render_stimulus
+from boldgpt.sim.writer import FEATURES, encode_png
 
 CHUNK = 128
 """Stimuli per batch of the contrast front-end."""
@@ -98,7 +97,7 @@ class StimulusStore:
 
     def render_all(self, seed: int, size: int, progress: bool) -> None:
         """Draw, encode and describe every stimulus (in order of ``ids``)."""
-        objects_type = schema.FEATURES.arrow_schema.field("objects").type
+        objects_type = FEATURES.arrow_schema.field("objects").type
         chunks = [self.ids[i : i + CHUNK] for i in range(0, len(self.ids), CHUNK)]
         parts = []
         bar = tqdm(total=len(self.ids), desc="stimuli", unit="img", disable=not progress)

@@ -15,10 +15,10 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from boldgpt.data import schema
-from boldgpt.data.simulate import forward, noise
-from boldgpt.data.simulate.design import Design
-from boldgpt.data.simulate.store import StimulusStore
-from boldgpt.data.simulate.writer import SplitWriter, encode_png, rows_table
+from boldgpt.sim import forward, noise
+from boldgpt.sim.design import Design
+from boldgpt.sim.store import StimulusStore
+from boldgpt.sim.writer import SplitWriter, encode_png, rows_table
 
 SIGNAL_CACHE_BYTES = 256 << 20
 """A subject's noiseless signals are computed once per stimulus when they fit in this

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from boldgpt.data.simulate.forward import SubjectModel
 from boldgpt.errors import DataError
+from boldgpt.sim.forward import SubjectModel
 
 TRUTH_DIR = "truth"
 

@@ -31,11 +31,11 @@ import torch
 from PIL import Image
 
 from boldgpt.data import schema
-from boldgpt.data.simulate import categories as cats
-from boldgpt.data.simulate import noise
-from boldgpt.data.simulate.geometry import DOMAINS
-from boldgpt.data.simulate.truth import load_ground_truth, load_stimulus_truth, load_subject_model
 from boldgpt.errors import DataError
+from boldgpt.sim import categories as cats
+from boldgpt.sim import noise
+from boldgpt.sim.geometry import DOMAINS
+from boldgpt.sim.truth import load_ground_truth, load_stimulus_truth, load_subject_model
 
 
 @dataclass

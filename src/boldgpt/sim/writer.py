@@ -1,6 +1,6 @@
 """Writing the simulated dataset in NSD-Flat's hub layout: PNGs, parquet shards, card.
 
-Rows follow ``boldgpt.data.schema.FEATURES`` exactly (the parquet files carry the
+Rows follow :data:`FEATURES` (NSD-Flat's full row schema) exactly (the parquet files carry the
 ``huggingface`` schema metadata, so ``datasets`` restores the Image columns), shards
 are named like the hub's (``data/train-00000-of-00054.parquet``) and each split is
 streamed shard by shard, so memory stays bounded whatever the dataset size.
@@ -14,11 +14,59 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from boldgpt.data import schema
+
+
+def _repetitions_features() -> datasets.Features:
+    # For each of the 8 NSD subjects and 3 repetitions: the 1-based trial id at which
+    # the subject saw this image (0 when it did not), as in nsd_stim_info_merged.csv.
+    return {
+        f"subject{s}_rep{r}": datasets.Value("int64")
+        for s in range(1, schema.NUM_NSD_SUBJECTS + 1)
+        for r in range(3)
+    }
+
+
+FEATURES = datasets.Features(
+    {
+        "subject_id": datasets.Value("int64"),
+        "trial_id": datasets.Value("int64"),
+        "session_id": datasets.Value("int64"),
+        "nsd_id": datasets.Value("int64"),
+        "image": datasets.Image(),
+        "activity": datasets.Image(),
+        "subject": datasets.Value("string"),
+        "flagged": datasets.Value("bool"),
+        "BOLD5000": datasets.Value("bool"),
+        "shared1000": datasets.Value("bool"),
+        "coco_split": datasets.Value("string"),
+        "coco_id": datasets.Value("int64"),
+        "objects": {
+            "area": datasets.List(datasets.Value("int64")),
+            "bbox": datasets.List(datasets.List(datasets.Value("float64"))),
+            "category": datasets.List(datasets.Value("string")),
+            "iscrowd": datasets.List(datasets.Value("int64")),
+            "segmentation": datasets.List(
+                {
+                    "counts": datasets.Value("string"),
+                    "poly": datasets.List(datasets.List(datasets.Value("float64"))),
+                    "size": datasets.List(datasets.Value("int64")),
+                }
+            ),
+            "supercategory": datasets.List(datasets.Value("string")),
+            "target": datasets.List(datasets.Value("int64")),
+        },
+        "captions": datasets.List(datasets.Value("string")),
+        "repetitions": _repetitions_features(),
+    }
+)
+"""The full NSD-Flat row schema (Hugging Face ``datasets`` features): the hub dataset's
+columns and types, which the simulator writes."""
 
 ROW_GROUP_ROWS = 256
 """Rows per parquet row group (about 30 MB with 256 px pictures)."""
@@ -83,7 +131,7 @@ class SplitWriter:
         self.split = split
         self.total_rows = total_rows
         self.rows_per_shard = rows_per_shard
-        self.schema = schema.FEATURES.arrow_schema
+        self.schema = FEATURES.arrow_schema
         self._writer: pq.ParquetWriter | None = None
         self._shard = -1
         self._in_shard = 0
@@ -143,7 +191,7 @@ def rows_table(columns: dict[str, Any]) -> pa.Table:
     """Build a FEATURES table from columns: numpy arrays for scalars, lists of PNG bytes
     for ``image`` / ``activity``, arrow arrays or python lists for the nested ones,
     and a (n, 24) int64 array for ``repetitions``."""
-    arrow_schema = schema.FEATURES.arrow_schema
+    arrow_schema = FEATURES.arrow_schema
     arrays = []
     for field in arrow_schema:
         value = columns[field.name]
@@ -245,7 +293,7 @@ r-th presentation of the image (0 if none). The hub `test` split is each subject
 * `subjectNN.npz`: each subject's model (atlas, receptive fields, loadings, gains,
   calibration) over the mask pixels.
 
-`boldgpt.data.simulate.load_ground_truth(dir, subject_id, nsd_ids)` returns the
+`boldgpt.sim.load_ground_truth(dir, subject_id, nsd_ids)` returns the
 noiseless maps in the z units of the data. `simulation.json` lists every parameter.
 """
     return "\n".join(yaml) + "\n" + body

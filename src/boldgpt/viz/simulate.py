@@ -74,8 +74,8 @@ def plot_simulation(
     map. Bottom: the first subject's eccentricity and polar-angle maps, visual areas,
     category-selective regions and per-pixel SNR. Saved to ``path`` if given.
     """
-    from boldgpt.data.simulate.geometry import AREAS, DOMAINS
-    from boldgpt.data.simulate.truth import load_ground_truth, load_subject_model
+    from boldgpt.sim.geometry import AREAS, DOMAINS
+    from boldgpt.sim.truth import load_ground_truth, load_subject_model
 
     root = Path(out_dir)
     info = json.loads((root / "simulation.json").read_text())
