@@ -30,7 +30,7 @@ def write(tmp_path: Path, text: str) -> Path:
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_load(path):
     cfg = load_config(path)
-    assert cfg.model.name.split("_")[0] in ("boldgpt", "boldbeit")
+    assert cfg.model.name.split("_")[0] in ("boldgpt", "boldbeit", "imagegpt", "imagebeit")
     raw = yaml.safe_load(path.read_text())
     assert cfg.optim.lr == float(raw["optim"]["lr"])  # values come from the file
     assert cfg.train.max_steps == raw["train"]["max_steps"]
@@ -99,13 +99,13 @@ def test_parse_override():
         ("train.compile=1", r"train.compile=1 \(int\): expected true/false"),
         ("train.precision=bf17", r"expected one of 'fp32', 'bf16', 'fp16'; did you mean 'bf16'"),
         ("optim.betas=[0.9]", r"optim.betas=\[0.9\] \(list\): expected a list of 2 numbers"),
-        ("data.subjects=[a]", r"data.subjects\[0\]='a' \(str\): expected an integer"),
+        ("data.subjects=[a]", r"data.subjects=\['a'\]: bad subject 'a': expected a 0-based id or"),
         ("data.batch_size=0", r"data.batch_size must be > 0; got 0"),
         ("optim.warmup_steps=50", r"optim.warmup_steps=50 is longer than train.max_steps=10"),
         ("optim.min_lr=1", r"optim.min_lr must be in \[0, optim.lr=0.001\]; got 1.0"),
         ("train.device=gpu", r"train.device='gpu': expected 'auto', 'cpu', 'cuda'"),
-        ("data.source=/no/such/dir", r"data.source='/no/such/dir': no such directory"),
-        ("data.source=sim:demoo", r"unknown simulator preset 'demoo'.*did you mean 'demo'"),
+        ("data.source=/no/such/dir", r"data.source: source '/no/such/dir' does not exist"),
+        ("data.source=sim:demoo", r"unknown simulator preset 'demoo'.*did you mean 'sim:demo'"),
         ("checkpoint.resume=/no/ckpt.pt", r"checkpoint.resume='/no/ckpt.pt': expected 'auto'"),
         ("model.init_from=./missing_model", r"model.init_from='./missing_model': no such"),
         ("data=3", r"data must be a mapping of keys; got int 3"),

@@ -3,15 +3,19 @@
 A config file mirrors :class:`TrainConfig`::
 
     out_dir: runs/boldgpt_micro
-    data: {source: "sim:demo", batch_size: 32}
+    data: {source: "sim:demo", batch_size: 32, subjects: [subj01, subj02]}
     model: {name: boldgpt_micro_patch10, kwargs: {categorical: false}}
     optim: {lr: 1.0e-3, warmup_steps: 100}
     train: {max_steps: 2000, precision: bf16}
 
 and ``load_config("cfg.yaml", ["optim.lr=3e-4", "train.max_steps=10"])`` applies the
-overrides (values parsed as YAML) before validation. Every problem (an unknown key, a
-value of the wrong type, an impossible combination) raises :class:`ConfigError` naming
-the key, the value and what was expected, before anything is trained.
+overrides (values parsed as YAML) before validation. The dataclasses are OmegaConf
+structured configs: OmegaConf checks and converts each value against its field's type
+(``"3e-4"`` -> 3e-4 for a float); this module adds what OmegaConf does not: integral
+floats for integers (``1e4`` -> 10000), strict true/false for flags (``1`` is refused),
+and messages that name the file, the key, the value and what was expected, with a "did
+you mean" for misspelt keys and choices. Every problem raises :class:`ConfigError`
+before anything is trained.
 """
 
 from __future__ import annotations
@@ -28,22 +32,26 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from boldgpt.errors import ConfigError
+from boldgpt.data.sources import DEFAULT_SOURCE, normalize_subjects, parse_source
+from boldgpt.errors import BoldGPTError, ConfigError
+from boldgpt.utils.hub import is_hub_id
 from boldgpt.utils.io import atomic_write
 
 Precision = Literal["fp32", "bf16", "fp16"]
-SIM_PRESETS = ("ci", "demo", "full")
 
 
 @dataclass
 class DataConfig:
     """Where the maps come from and how they are batched."""
 
-    source: str = "sim:demo"
+    source: str = DEFAULT_SOURCE
     """``sim:<preset>`` (embedded simulator), a local NSD-Flat directory, or a hub id."""
-    subjects: list[int] | None = None
-    """Subject ids (0-based) to train on; ``None`` = all."""
+    subjects: list[int | str] | None = None
+    """Subjects to train on, as 0-based ids or NSD names (``subj01`` = id 0); ``None`` =
+    all. Validation turns names into sorted ids."""
     mask_file: str | None = None
     """A bool (215, 200) ``.npy`` mask; default: the source's mask."""
     batch_size: int = 32
@@ -197,13 +205,7 @@ class TrainConfig:
             raise ConfigError(
                 f"train.device={self.train.device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'"
             )
-        if self.data.subjects is not None and (
-            not self.data.subjects or min(self.data.subjects) < 0
-        ):
-            raise ConfigError(
-                f"data.subjects must be null or a non-empty list of subject ids >= 0; "
-                f"got {self.data.subjects}"
-            )
+        self.data.subjects = _check_subjects(self.data.subjects)
         _check_source(self.data.source)
         _check_positive(self, "model.vocab_fit_maps")
         for key in ("data.mask_file", "model.init_from", "model.vocab"):
@@ -269,40 +271,29 @@ def _check_non_negative(cfg: TrainConfig, *keys: str) -> None:
             raise ConfigError(f"{key} must be >= 0; got {value}")
 
 
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-
-
 def _check_source(source: str) -> None:
-    if source.startswith("sim:"):
-        preset, _, seed = source[4:].partition(":")
-        if seed and not seed.isdigit():
-            raise ConfigError(
-                f"data.source={source!r}: expected 'sim:<preset>' or 'sim:<preset>:<seed>' "
-                f"with an integer seed"
-            )
-        if preset not in SIM_PRESETS:
-            raise ConfigError(
-                f"data.source={source!r}: unknown simulator preset {preset!r}; expected one of "
-                + ", ".join(f"'sim:{p}'" for p in SIM_PRESETS)
-                + _did_you_mean(preset, SIM_PRESETS)
-            )
-        return
-    if Path(source).is_dir():
-        return
-    if _HUB_ID.fullmatch(source) and not source.startswith((".", "/")):
-        return  # a hub id; reachability is checked when the data is loaded
-    raise ConfigError(
-        f"data.source={source!r}: no such directory; expected 'sim:<preset>' "
-        f"({', '.join(SIM_PRESETS)}), an existing NSD-Flat directory or a hub id 'owner/name'"
-    )
+    try:
+        parse_source(source)  # the data layer's one parser; no data is touched
+    except BoldGPTError as exc:
+        raise ConfigError(f"data.source: {exc}") from exc
+
+
+def _check_subjects(subjects: list[int | str] | None) -> list[int] | None:
+    try:
+        return normalize_subjects(subjects)
+    except ValueError as exc:
+        raise ConfigError(
+            f"data.subjects={subjects!r}: {exc} (null = all subjects; e.g. [0, 1] or "
+            "[subj01, subj02])"
+        ) from exc
 
 
 def _check_local_or_hub(cfg: TrainConfig, key: str) -> None:
     value = _get(cfg, key)
     if value is None or Path(value).exists():
         return
-    if key == "model.init_from" and _HUB_ID.fullmatch(value) and not value.startswith("."):
-        return
+    if key == "model.init_from" and is_hub_id(value):
+        return  # reachability is checked when the model is loaded
     raise ConfigError(f"{key}={value!r}: no such file or directory")
 
 
@@ -335,9 +326,13 @@ def load_config(
 
 
 def config_from_dict(raw: dict[str, Any], where: str = "config") -> TrainConfig:
-    """Build and validate a :class:`TrainConfig` from a nested dict."""
-    cfg = _build(TrainConfig, raw, prefix="", where=where)
-    return cfg.validate()
+    """Build and validate a :class:`TrainConfig` from a nested dict (as read from YAML);
+    ``where`` names its origin in error messages (a file name, ``"demo"``)."""
+    node = OmegaConf.structured(TrainConfig)
+    _merge_section(node, TrainConfig, raw, "", where)
+    config = OmegaConf.to_object(node)
+    assert isinstance(config, TrainConfig)
+    return config.validate()
 
 
 def save_config(config: TrainConfig, path: str | os.PathLike) -> None:
@@ -347,7 +342,8 @@ def save_config(config: TrainConfig, path: str | os.PathLike) -> None:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"optim.lr=3e-4"`` -> ``(["optim", "lr"], 3e-4)``; the value is parsed as YAML."""
+    """``"optim.lr=3e-4"`` -> ``(["optim", "lr"], "3e-4")``: the dotted key, and the
+    value parsed as YAML (the typed merge then makes ``"3e-4"`` a float)."""
     key, sep, value = text.partition("=")
     key = key.strip()
     if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key):
@@ -363,7 +359,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of ``raw`` with each ``key=value`` override set (nested dicts are
-    created as needed; unknown keys are reported by validation)."""
+    created as needed; unknown keys are reported by :func:`config_from_dict`)."""
     out = copy.deepcopy(raw)
     for text in overrides:
         parts, value = parse_override(text)
@@ -381,34 +377,81 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return out
 
 
-def _did_you_mean(name: str, choices: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)
+def _did_you_mean(name: Any, choices: typing.Iterable[Any]) -> str:
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _build(cls: type, raw: Any, prefix: str, where: str) -> Any:
+def _merge_section(node: DictConfig, cls: type, raw: Any, prefix: str, where: str) -> None:
+    """Set the values of ``raw`` (a dict for the dataclass ``cls``) on its OmegaConf node,
+    one field at a time so that an error names its key."""
     section = prefix.rstrip(".") or "the top level"
     if raw is None:
-        raw = {}
+        return
     if not isinstance(raw, dict):
         raise ConfigError(
             f"{where}: {section} must be a mapping of keys; got {type(raw).__name__} {raw!r}"
         )
-    fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
-    for key in raw:
-        if key not in fields:
+    for key, value in raw.items():
+        if key not in hints:
             raise ConfigError(
                 f"{where}: unknown key '{prefix}{key}' in {section}; valid keys: "
-                f"{', '.join(fields)}{_did_you_mean(key, fields)}"
+                f"{', '.join(hints)}{_did_you_mean(key, hints)}"
             )
-    kwargs = {}
-    for name, value in raw.items():
-        kwargs[name] = _coerce(value, hints[name], f"{prefix}{name}", where)
-    return cls(**kwargs)
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            _merge_section(node[key], tp, value, f"{prefix}{key}.", where)
+            continue
+        bad = ConfigError(
+            f"{where}: {prefix}{key}={value!r} ({type(value).__name__}): expected "
+            f"{_type_name(tp)}"
+            + (
+                _did_you_mean(value, typing.get_args(tp))
+                if typing.get_origin(tp) is Literal
+                else ""
+            )
+        )
+        try:
+            OmegaConf.update(node, key, _strict(value, tp, bad), merge=False)
+        except OmegaConfBaseException:
+            raise bad from None
+
+
+def _strict(value: Any, tp: Any, bad: ConfigError) -> Any:
+    """Where OmegaConf is more lenient than a config should be, or less: flags must be
+    true/false (it reads 1 as true); integers may be written as integral floats (``1e4``,
+    which it refuses)."""
+    options = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(options) == 1:
+        tp = options[0]  # X | None
+    if value is None:
+        return value
+    if tp is bool and not isinstance(value, bool):
+        raise bad
+    if (tp is str and not isinstance(value, str)) or (tp is float and isinstance(value, bool)):
+        raise bad
+    if tp is int and isinstance(value, float | str) and not isinstance(value, bool):
+        number = _as_number(value)
+        if number is None or not float(number).is_integer():
+            raise bad
+        return int(number)
+    if typing.get_origin(tp) is list and typing.get_args(tp)[0] is int:
+        if not isinstance(value, list | tuple):
+            raise bad
+        return [_strict(v, int, bad) for v in value]
+    return value
+
+
+def _as_number(value: Any) -> float | None:
+    try:
+        return float(str(value).replace("_", ""))
+    except ValueError:
+        return None
 
 
 def _type_name(tp: Any) -> str:
+    """How a type hint reads in an error message: ``an integer``, ``a list of 2 numbers``."""
     origin = typing.get_origin(tp)
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
@@ -427,91 +470,3 @@ def _type_name(tp: Any) -> str:
     return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(
         tp, getattr(tp, "__name__", str(tp))
     )
-
-
-def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
-    """Check ``value`` against the type hint ``tp``; convert where unambiguous
-    (``"3e-4"`` -> 3e-4, which PyYAML reads as a string; ``1e4`` -> 10000 for ints)."""
-
-    def bad(extra: str = "") -> ConfigError:
-        return ConfigError(
-            f"{where}: {key}={value!r} ({type(value).__name__}): expected {_type_name(tp)}{extra}"
-        )
-
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, prefix=f"{key}.", where=where)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise bad()
-        options = [a for a in args if a is not type(None)]
-        if len(options) == 1:  # X | None: X's own, more precise message
-            return _coerce(value, options[0], key, where)
-        for arg in options:
-            try:
-                return _coerce(value, arg, key, where)
-            except ConfigError:
-                continue
-        raise bad()
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value in choices:
-            return value
-        raise bad(_did_you_mean(value, [str(c) for c in choices]))
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise bad()
-    if tp is int:
-        if isinstance(value, bool):
-            raise bad()
-        if isinstance(value, int):
-            return value
-        number = _as_number(value)
-        if number is not None and float(number).is_integer():
-            return int(number)
-        raise bad()
-    if tp is float:
-        if isinstance(value, bool):
-            raise bad()
-        number = _as_number(value)
-        if number is None:
-            raise bad()
-        return float(number)
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise bad()
-    if origin is list:
-        if not isinstance(value, list | tuple):
-            raise bad()
-        (item_tp,) = typing.get_args(tp)
-        return [_coerce(v, item_tp, f"{key}[{i}]", where) for i, v in enumerate(value)]
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, list | tuple) or len(value) != len(args):
-            raise bad()
-        return tuple(
-            _coerce(v, a, f"{key}[{i}]", where) for i, (v, a) in enumerate(zip(value, args))
-        )
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise bad()
-        return dict(value)
-    raise TypeError(f"unsupported config type {tp!r} for {key}")  # a bug in this module
-
-
-def _as_number(value: Any) -> float | int | None:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        try:
-            return float(value.replace("_", ""))
-        except ValueError:
-            return None
-    return None

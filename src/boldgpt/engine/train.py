@@ -1,19 +1,20 @@
-"""The training loop: one function, :func:`train`, in the spirit of nanoGPT.
+"""The training engine: :class:`Trainer` and its one-call entry point :func:`train`.
 
 Order of events:
 
 1. validate the config, join the torchrun process group (if any), seed;
-2. load the data (build the uint8 cache on rank 0 first), create the model, freeze
-   parameters by pattern, build AdamW + warmup/cosine schedule;
-3. resume from a checkpoint if there is one (model, optimizer, scheduler, loss
-   scaler, RNG states of every process, data position, step), after checking that it
-   fits this model: every error surfaces here, before the first step;
-4. loop: accumulate gradients over micro-batches (DDP syncs only on the last),
-   clip, step; log, evaluate, draw examples and checkpoint on schedule; stop on
-   ``max_steps``, ``stop_after``, ``max_minutes`` or SIGINT/SIGTERM (which saves a
-   checkpoint first);
-5. at the end, save the model directory ``OUT_DIR/model`` (loadable by
-   ``boldgpt.load_model``).
+2. ask the model's config what a batch must hold (:func:`batch_spec`: maps, images,
+   subject ids), load the data (rank 0 builds the uint8 cache first), create the model,
+   freeze parameters by pattern, build AdamW + warmup/cosine schedule;
+3. resume from a checkpoint if there is one (:meth:`Trainer.load_state_dict`, beside
+   :meth:`Trainer.state_dict` which writes it), after checking that it fits this model:
+   every error surfaces here, before the first step;
+4. loop (:meth:`Trainer.fit`): :meth:`Trainer.step` accumulates gradients over
+   micro-batches (DDP syncs only on the last), clips and steps; log, evaluate, draw
+   examples and checkpoint on schedule; stop on ``max_steps``, ``stop_after``,
+   ``max_minutes`` or SIGINT/SIGTERM (which saves a checkpoint first);
+5. at the end, fit the residual covariance of continuous autoregressive models and save
+   the model directory ``OUT_DIR/model`` (loadable by ``boldgpt.load_model``).
 
 Evaluation and figures run inside ``torch.random.fork_rng`` so that they never move the
 training random streams: a run resumed from step N repeats the uninterrupted run bit
@@ -38,6 +39,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from boldgpt.data.loader import fetch_batch, make_dataloader
 from boldgpt.engine import distributed as D
 from boldgpt.engine.checkpoint import (
     CheckpointManager,
@@ -61,13 +63,38 @@ class TrainData:
 
     ``train`` / ``val`` are map-style datasets; if they define ``__getitems__`` it
     returns a whole raw batch (dict of tensors), else samples are collated by torch.
-    ``prepare(batch, device)`` turns a raw batch into model input.
+    ``prepare(batch, device)`` turns a raw (host) batch into model input on ``device``.
+    ``mask`` is the bool (H, W) cortex mask a new model over maps is built on (None for
+    models of images, which cover the full square).
     """
 
     train: Dataset
     val: Dataset | None
-    mask: np.ndarray
+    mask: np.ndarray | None
     prepare: Callable[[Batch, torch.device], Batch]
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """What a batch must hold for a model, from its config (the per-family hook).
+
+    ``keys``: e.g. ``("activity", "subject_id")`` for models of BOLD maps, ``("image",)``
+    for models of images; image↔BOLD families list both inputs. ``image_size``: the side
+    S of the (S, S) images to cache when ``"image"`` is a key. ``num_subjects``: subject
+    ids must lie in ``[0, num_subjects)`` (checked on the host batch); None: unchecked.
+    """
+
+    keys: tuple[str, ...] = ("activity", "subject_id")
+    image_size: int | None = None
+    num_subjects: int | None = None
+
+    @property
+    def images(self) -> bool:
+        return "image" in self.keys
+
+    @property
+    def maps(self) -> bool:
+        return "activity" in self.keys
 
 
 @dataclass
@@ -105,24 +132,47 @@ def process_seed(seed: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
 
 
-def load_train_data(config: TrainConfig, info: D.DistInfo) -> TrainData:
-    """Mask, train and validation datasets over the uint8 cache of the configured source.
+def batch_spec(config: TrainConfig, model: nn.Module | None = None) -> BatchSpec:
+    """What a batch must hold for ``model`` (or, when None, for the configured registry
+    model, resolved by ``boldgpt.models.registry.model_config`` without building it).
+
+    A model without a registry config (e.g. a custom module passed to :func:`train`)
+    gets BOLD maps with subject ids."""
+    if model is not None:
+        cfg = getattr(model, "config", None)
+    else:
+        from boldgpt.models.registry import model_config
+
+        cfg = model_config(config.model.name, **config.model.kwargs)
+    keys = getattr(cfg, "batch_keys", None)
+    if keys is None:
+        return BatchSpec()
+    subjects = getattr(cfg, "num_subjects", None) if "subject_id" in keys else None
+    return BatchSpec(tuple(keys), getattr(cfg, "image_size", None), subjects)
+
+
+def load_train_data(config: TrainConfig, info: D.DistInfo, spec: BatchSpec) -> TrainData:
+    """Train and validation datasets over the uint8 cache of the configured source, with
+    images at ``spec.image_size`` when the batch needs them, and the mask (maps only).
 
     Rank 0 builds the cache (and, for ``sim:`` sources, the simulated dataset) while
     the others wait, so processes never race to write the same files.
     """
     from boldgpt.data import cache as cache_lib
-    from boldgpt.data import nsd_flat
-    from boldgpt.data.transforms import prepare_batch
+    from boldgpt.data import schema
+    from boldgpt.data.masks import read_mask_file
 
     cfg = config.data
     splits = [cfg.train_split] + ([cfg.val_split] if cfg.val_split else [])
+    if spec.images and not spec.image_size:
+        raise ConfigError(f"model {config.model.name!r} reads images but has no image_size")
 
     def build(progress: bool) -> Path:
         return cache_lib.build_cache(
             cfg.source,
             splits=splits,
             subjects=cfg.subjects,
+            image_size=spec.image_size if spec.images else None,
             cache_root=cfg.cache_root,
             progress=progress,
         )
@@ -132,29 +182,44 @@ def load_train_data(config: TrainConfig, info: D.DistInfo) -> TrainData:
     D.barrier()
     if not info.is_main:
         cache_dir = build(progress=False)  # already built: a cheap validity check
-    train_set = cache_lib.CachedNSDFlat(cache_dir, cfg.train_split, images=False)
-    val_set = (
-        cache_lib.CachedNSDFlat(cache_dir, cfg.val_split, images=False) if cfg.val_split else None
-    )
-    mask = nsd_flat.load_mask(mask_file=cfg.mask_file) if cfg.mask_file else train_set.mask
+    train_set = cache_lib.CachedNSDFlat(cache_dir, cfg.train_split, images=spec.images)
+    val_set = None
+    if cfg.val_split:
+        val_set = cache_lib.CachedNSDFlat(cache_dir, cfg.val_split, images=spec.images)
     if len(train_set) == 0:
         raise DataError(f"data.source={cfg.source!r} has no maps in split {cfg.train_split!r}")
-    return TrainData(train=train_set, val=val_set, mask=mask, prepare=prepare_batch)
+    mask = None
+    if spec.maps:
+        mask = read_mask_file(cfg.mask_file, schema.MAP_SHAPE) if cfg.mask_file else train_set.mask
+    return TrainData(train=train_set, val=val_set, mask=mask, prepare=_prepare_keys(spec.keys))
 
 
-def build_model(config: TrainConfig, mask: np.ndarray) -> nn.Module:
+def _prepare_keys(keys: tuple[str, ...]) -> Callable[[Batch, torch.device], Batch]:
+    """``prepare_batch`` of only the keys the model reads (a model of images need not
+    copy maps to the device)."""
+    from boldgpt.data.transforms import prepare_batch
+
+    def prepare(batch: Batch, device: torch.device) -> Batch:
+        missing = [k for k in keys if k not in batch]
+        if missing:
+            raise DataError(f"the model needs batch keys {missing}; the data has {sorted(batch)}")
+        return prepare_batch({k: batch[k] for k in keys}, device)
+
+    return prepare
+
+
+def build_model(config: TrainConfig, mask: np.ndarray | None) -> nn.Module:
     """``create_model(name, mask=mask, **kwargs)``, or the model in ``init_from``."""
     from boldgpt.models.registry import create_model, load_model
 
     cfg = config.model
     if cfg.init_from:
-        model = load_model(cfg.init_from)
         if cfg.kwargs:
             raise ConfigError(
                 f"model.kwargs {sorted(cfg.kwargs)} cannot change a model loaded from "
                 f"model.init_from={cfg.init_from!r}; remove them or start from a name"
             )
-        return model
+        return load_model(cfg.init_from)
     return create_model(cfg.name, mask=mask, **cfg.kwargs)
 
 
@@ -209,7 +274,7 @@ def prepare_vocabulary(
     key = getattr(model, "input_key", "activity")
 
     def load_maps(indices: np.ndarray) -> torch.Tensor:
-        return data.prepare(_fetch(data.train, indices.tolist()), patchify.mask.device)[key]
+        return data.prepare(fetch_batch(data.train, indices.tolist()), patchify.mask.device)[key]
 
     patches = sample_interior_patches(load_maps, len(data.train), n, patchify, config.seed)
     t0 = time.perf_counter()
@@ -222,38 +287,13 @@ def prepare_vocabulary(
     )
 
 
-def _fetch(dataset: Dataset, indices: list[int]) -> Batch:
-    """A raw batch of ``indices`` from a map-style dataset."""
-    if hasattr(dataset, "__getitems__"):
-        return dataset.__getitems__(indices)
-    return torch.utils.data.default_collate([dataset[i] for i in indices])
-
-
-def default_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on weight matrices only; none on biases, norms, embeddings, tokens
-    and queries (used when a model has no ``param_groups`` of its own)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        skip = p.ndim < 2 or any(s in name for s in ("embed", "token", "query", "norm"))
-        (no_decay if skip else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
 def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device):
-    """AdamW over the model's parameter groups, without frozen parameters."""
+    """AdamW over ``boldgpt.models.layers.param_groups`` (the one weight-decay rule:
+    decay on linear/conv weight matrices only), without frozen parameters."""
+    from boldgpt.models.layers import param_groups
+
     cfg = config.optim
-    if hasattr(model, "param_groups"):
-        groups = model.param_groups(cfg.weight_decay)
-    else:
-        groups = default_param_groups(model, cfg.weight_decay)
-    groups = [
-        {**g, "params": [p for p in g["params"] if p.requires_grad]}
-        for g in groups
-        if any(p.requires_grad for p in g["params"])
-    ]
+    groups = [g for g in param_groups(model, cfg.weight_decay) if g["params"]]
     if not groups:
         raise ConfigError("model.freeze froze every parameter: nothing left to train")
     return torch.optim.AdamW(
@@ -277,38 +317,14 @@ def lr_factor(step: int, config: TrainConfig) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def make_loader(
-    dataset: Dataset,
-    sampler: torch.utils.data.Sampler,
-    batch_size: int,
-    num_workers: int,
-    seed: int,
-) -> DataLoader:
-    """A DataLoader whose batches come from ``dataset.__getitems__`` when it has one.
+def describe_model(model: nn.Module) -> dict[str, Any] | None:
+    """The model's registry description (JSON-able; what checkpoints store and resume
+    compares), or None for a model without a registry config."""
+    if getattr(model, "config", None) is None:
+        return None
+    from boldgpt.models.registry import describe
 
-    It gets its own generator so that creating an iterator (which draws worker seeds)
-    never touches the global RNG; otherwise a resumed run would drift."""
-    batched = hasattr(dataset, "__getitems__")
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        collate_fn=_first if batched else None,
-        generator=generator,
-        persistent_workers=False,
-        drop_last=False,
-    )
-
-
-def _first(batch: Any) -> Any:
-    # With __getitems__ the fetcher hands us the finished batch already.
-    return batch
-
-
-# ------------------------------------------------------------------------------ loop
+    return describe(model)
 
 
 class _StopSignal:
@@ -341,342 +357,465 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+# ---------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    """One training run: the model, its optimizer, schedule, loss scaler, data position
+    and random streams, with the state saved in checkpoints beside the code that restores
+    it (:meth:`state_dict` / :meth:`load_state_dict`).
+
+    ``Trainer(config, model=None, data=None)`` builds everything and resumes from the
+    configured checkpoint (``checkpoint.resume``); :meth:`fit` runs the loop. ``model``
+    replaces the configured one (it must return an object with ``.loss`` from
+    ``model(batch)``); ``data`` replaces loading ``config.data``.
+    """
+
+    def __init__(
+        self, config: TrainConfig, model: nn.Module | None = None, data: TrainData | None = None
+    ):
+        config = config.apply_debug().validate()
+        self.config = config
+        self.info = info = D.init_distributed(config.train.device)
+        self.device = dev = info.device
+        if config.train.precision == "fp16" and dev.type != "cuda":
+            raise ConfigError("train.precision=fp16 needs a GPU; use bf16 on CPU")
+        if config.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        if config.train.threads:
+            torch.set_num_threads(config.train.threads)
+        self.out_dir = Path(config.out_dir)
+        self.ckpts = CheckpointManager(self.out_dir / "checkpoints", keep=config.checkpoint.keep)
+
+        # -- data and model (identical initialization on every process)
+        seed_everything(config.seed)
+        if model is None and config.model.init_from:
+            model = build_model(config, mask=None)  # its config says what a batch holds
+        self.spec = batch_spec(config, model)
+        self.data = data if data is not None else load_train_data(config, info, self.spec)
+        self.model = model if model is not None else build_model(config, self.data.mask)
+        self.model.to(dev)
+        self.frozen = freeze_parameters(self.model, config.model.freeze)
+        self.optimizer = make_optimizer(self.model, config, dev)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, config)
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=config.train.precision == "fp16")
+        self.global_batch = config.data.batch_size * info.world_size * config.optim.accumulation
+        self.sampler = D.ResumableShardSampler(
+            len(self.data.train),
+            config.data.batch_size,
+            num_replicas=info.world_size,
+            rank=info.rank,
+            seed=config.seed,
+        )
+        self.val_loader = self._val_loader()
+        self.global_step = 0
+        self.best_val = math.inf
+        self.resumed_from = self._resume_or_start()
+        self.forward_ddp: nn.parallel.DistributedDataParallel | None = None
+        self.forward = self._wrap()  # the model, or its DDP / compiled wrapper
+        self._batches: Iterator[Batch] | None = None
+        self._loss_sum = torch.zeros((), device=dev)
+        self._metric_sums: dict[str, torch.Tensor] = {}  # the model's own, e.g. token accuracy
+        self.logger = self._open_logs()
+
+    # -- state: what a checkpoint holds, saved and restored side by side
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit-exactly: model, optimizer, scheduler, loss
+        scaler, every process's random states, the sampler's position, step and best
+        validation loss (plus the config and the run's shape, to check a resume).
+
+        Collective in a distributed run: every process must call it."""
+        rngs = D.all_gather_objects(rng_state())
+        return {
+            "step": self.global_step,
+            "model": self.model.state_dict(),
+            "model_config": describe_model(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "rng": rngs,
+            "data": self.sampler.state_dict(),
+            "config": self.config.to_dict(),
+            "best_val_loss": self.best_val,
+            "world_size": self.info.world_size,
+            "global_batch_size": self.global_batch,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], where: str = "checkpoint") -> None:
+        """Restore :meth:`state_dict`'s output (``where`` names it in errors). Checks
+        first that it fits this model and data; with another process count the random
+        streams are re-seeded instead (the run continues, not bit-exactly)."""
+        check_compatible(state, self.model, describe_model(self.model), where=where)
+        warn_if_not_exact(state, self.info.world_size, self.global_batch)
+        self.model.load_state_dict(state["model"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as exc:
+            raise CheckpointError(
+                f"cannot resume from {where}: the optimizer state does not fit "
+                f"({exc}); did model.freeze change?"
+            ) from exc
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        try:
+            self.sampler.load_state_dict(state["data"])
+        except ValueError as exc:
+            raise CheckpointError(
+                f"cannot resume from {where}: {exc}; did data.source or data.subjects change?"
+            ) from exc
+        self._batches = None  # the next batch comes from the restored position
+        self.global_step = int(state["step"])
+        self.best_val = float(state.get("best_val_loss", math.inf))
+        rngs = state.get("rng") or []
+        if len(rngs) == self.info.world_size:
+            set_rng_state(rngs[self.info.rank])
+        else:
+            seed_everything(process_seed(self.config.seed + self.global_step, self.info.rank))
+
+    def save_checkpoint(self, is_best: bool = False) -> Path | None:
+        """Write :meth:`state_dict` to ``OUT_DIR/checkpoints`` (rank 0; collective);
+        returns the step file's path on rank 0, None elsewhere."""
+        state = self.state_dict()
+        if not self.info.is_main:
+            return None
+        return self.ckpts.save(state, self.global_step, is_best=is_best)
+
+    # -- one step, one evaluation
+
+    def step(self) -> dict[str, float]:
+        """One optimizer step over ``optim.accumulation`` micro-batches (DDP all-reduces
+        gradients on the last only); returns its ``lr`` and ``grad_norm``. Losses and the
+        model's metrics are summed for the next log line."""
+        accum, ddp = self.config.optim.accumulation, self.forward_ddp
+        for micro in range(accum):
+            batch = self._next_batch()
+            sync = ddp.no_sync() if ddp and micro < accum - 1 else contextlib.nullcontext()
+            with sync:
+                with self._autocast():
+                    out = self.forward(batch)
+                loss = out.loss.float()
+                self.scaler.scale(loss / accum).backward()
+            self._loss_sum += loss.detach() / accum
+            for key, value in (getattr(out, "metrics", None) or {}).items():
+                total = self._metric_sums.get(key, 0.0)
+                self._metric_sums[key] = total + value.detach().float() / accum
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(self.optimizer)
+        clip = self.config.optim.grad_clip
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grad_norm = nn.utils.clip_grad_norm_(params, clip if clip is not None else math.inf)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+        return {"lr": lr, "grad_norm": float(grad_norm)}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss (and the model's own metrics) per map over (a prefix of, see
+        ``train.eval_batches``) the validation split, over all processes. Uses its own
+        fixed random stream and leaves the training streams untouched."""
+        was_training = self.model.training
+        self.model.eval()
+        names, total = ["loss"], None
+        try:
+            with _side_rng(self.device, self.config.seed):
+                for i, raw in enumerate(self.val_loader or []):
+                    if self.config.train.eval_batches and i >= self.config.train.eval_batches:
+                        break
+                    batch = self._prepare(raw)
+                    with self._autocast():
+                        out = self.model(batch)
+                    extra = getattr(out, "metrics", None) or {}
+                    if total is None:
+                        names = ["loss", *sorted(extra)]
+                        total = torch.zeros(len(names) + 1, dtype=torch.float64, device=self.device)
+                    n = len(next(iter(batch.values())))
+                    values = [out.loss, *(extra[k] for k in names[1:])]
+                    total[:-1] += torch.stack([v.detach().double() for v in values]) * n
+                    total[-1] += n
+        finally:
+            self.model.train(was_training)
+        if total is None:  # fewer validation maps than processes
+            total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        total = D.all_reduce_sum_tensor(total)
+        return {k: float(v) for k, v in zip(names, total[:-1] / total[-1].clamp_min(1))}
+
+    # -- the loop
+
+    def fit(self) -> TrainResult:
+        """Train to ``train.max_steps`` (or an early end: ``stop_after``, ``max_minutes``,
+        SIGINT/SIGTERM, each checkpointed first); then, when finished, fit the residual
+        covariance and save ``OUT_DIR/model``. Returns how it ended."""
+        cfg = self.config
+        result = TrainResult(status="finished", step=self.global_step, out_dir=self.out_dir)
+        self._start_step, self._t_start = self.global_step, time.perf_counter()
+        self._t_log, self._step_log = self._t_start, self.global_step
+        self.model.train()
+        try:
+            with _StopSignal() as stop_signal:
+                while self.global_step < cfg.train.max_steps:
+                    stats = self.step()
+                    if self.global_step % cfg.log.every == 0 or self._last_step():
+                        result.last_train_loss = self._log_train(stats)
+                    else:
+                        self.logger.progress(self.global_step)
+                    self._on_schedule(result)
+                    reason = self._stop_reason(stop_signal)
+                    if reason and not self._last_step():
+                        self._stop_early(result, reason, stop_signal.received)
+                        break
+        except BaseException:
+            self.logger.close()  # flush the log and the progress bar before the error shows
+            raise
+        result.step = self.global_step
+        result.best_val_loss = self.best_val if math.isfinite(self.best_val) else None
+        if result.status == "finished" and self.info.is_main:
+            with _side_rng(self.device, cfg.seed):
+                _fit_predictive_noise(self.model, self.data, self.device, self.logger)
+            result.model_dir = _save_final_model(self.model, self.out_dir / "model", self.logger)
+        self.logger.close()
+        D.barrier()
+        return result
+
+    def _last_step(self) -> bool:
+        return self.global_step == self.config.train.max_steps
+
+    def _log_train(self, stats: dict[str, float]) -> float:
+        """Log the mean loss and metrics since the last log line (all processes)."""
+        step, dev = self.global_step, self.device
+        now = time.perf_counter()
+        n_steps = step - self._step_log
+        train_loss = D.all_reduce_mean(self._loss_sum / n_steps, dev)
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(
+                f"training loss is {train_loss} at step {step}; lower optim.lr, raise "
+                "optim.warmup_steps or use train.precision=fp32"
+            )
+        maps_per_s = n_steps * self.global_batch / max(now - self._t_log, 1e-9)
+        extras = {
+            k: D.all_reduce_mean(v / n_steps, dev) for k, v in sorted(self._metric_sums.items())
+        }
+        self._metric_sums.clear()
+        sampler = self.sampler
+        metrics = {
+            "loss": train_loss,
+            **extras,
+            **stats,
+            "maps_per_s": maps_per_s,
+            "epoch": sampler.epoch + sampler.position / sampler.epoch_length,
+        }
+        self.logger.log(step, metrics)
+        self.logger.progress(step, loss=train_loss, maps_s=f"{maps_per_s:.0f}")
+        self._loss_sum.zero_()
+        self._t_log, self._step_log = now, step
+        return train_loss
+
+    def _on_schedule(self, result: TrainResult) -> None:
+        """Evaluation, checkpoints (latest, best) and figures when they are due."""
+        cfg, step, last = self.config, self.global_step, self._last_step()
+        is_best = False
+        if self.val_loader is not None and (step % cfg.train.eval_every == 0 or last):
+            val_metrics = self.evaluate()
+            result.last_val_loss = val = val_metrics["loss"]
+            is_best = val < self.best_val
+            self.best_val = min(self.best_val, val)
+            self.logger.log(step, {**val_metrics, "best_loss": self.best_val}, split="val")
+            self.logger.message(f"step {step}: val loss {val:.4f} (best {self.best_val:.4f})")
+        if step % cfg.checkpoint.every == 0 or is_best or last:
+            result.checkpoint = self.save_checkpoint(is_best)
+        if cfg.log.figures_every and (step % cfg.log.figures_every == 0 or last):
+            self._draw_examples()
+
+    def _stop_reason(self, stop_signal: _StopSignal) -> str | None:
+        """``interrupted`` (a signal), ``stopped`` (stop_after / max_minutes) or None.
+        Signals and clocks differ between processes: they agree, or DDP would hang."""
+        cfg, dev = self.config.train, self.device
+        elapsed_min = (time.perf_counter() - self._t_start) / 60
+        out_of_time = bool(cfg.max_minutes) and elapsed_min >= cfg.max_minutes
+        if D.any_process(stop_signal.received is not None, dev):
+            return "interrupted"
+        out_of_time = D.any_process(out_of_time, dev)
+        if out_of_time or (
+            cfg.stop_after and self.global_step - self._start_step >= cfg.stop_after
+        ):
+            return "stopped"
+        return None
+
+    def _stop_early(self, result: TrainResult, reason: str, received: str | None) -> None:
+        result.status, result.signal = reason, received
+        result.checkpoint = self.save_checkpoint() or result.checkpoint
+        self.logger.message(
+            f"{'received ' + received if received else reason} at step {self.global_step}: "
+            f"checkpoint saved to {self.ckpts.latest_path}; run the same command again to resume"
+        )
+
+    # -- setup helpers
+
+    def _val_loader(self) -> DataLoader | None:
+        val = self.data.val
+        if val is None or len(val) == 0:
+            return None
+        sampler = D.ResumableShardSampler(
+            len(val),
+            self.config.data.batch_size,
+            num_replicas=self.info.world_size,
+            rank=self.info.rank,
+            shuffle=False,
+            drop_last=False,
+        )
+        return make_dataloader(
+            val,
+            self.config.data.batch_size,
+            sampler=sampler,
+            num_workers=self.config.data.num_workers,
+            seed=0,
+        )
+
+    def _resume_or_start(self) -> Path | None:
+        """Load the checkpoint to resume from, or start fresh (vocabulary, seeds, and
+        with ``checkpoint.resume=no`` removing old checkpoints and logs)."""
+        cfg, info = self.config, self.info
+        resume_from = _resume_path(cfg, self.ckpts)
+        if resume_from is not None:
+            self.load_state_dict(load_checkpoint(resume_from), where=str(resume_from))
+        else:
+            note = prepare_vocabulary(self.model, cfg, self.data, self.out_dir, info.is_main)
+            if note and info.is_main:
+                print(note, flush=True)
+            if cfg.checkpoint.resume == "no" and info.is_main:
+                self.ckpts.clear()
+                for stale in (self.out_dir / LOG_FILE, self.out_dir / "tb"):
+                    if stale.is_dir():
+                        shutil.rmtree(stale)
+                    elif stale.exists():
+                        stale.unlink()
+            seed_everything(process_seed(cfg.seed, info.rank))
+        if self.global_step >= cfg.train.max_steps:
+            raise ConfigError(
+                f"{resume_from} is already at step {self.global_step} >= train.max_steps="
+                f"{cfg.train.max_steps}; raise train.max_steps to train further"
+            )
+        return resume_from
+
+    def _wrap(self) -> nn.Module:
+        """The module the loop calls: the model, wrapped for data parallel / compile."""
+        if self.info.distributed:
+            dev = self.device
+            self.forward_ddp = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[dev.index] if dev.type == "cuda" else None
+            )
+        forward: nn.Module = self.model if self.forward_ddp is None else self.forward_ddp
+        return torch.compile(forward) if self.config.train.compile else forward
+
+    def _open_logs(self) -> RunLogger:
+        cfg, info, step = self.config, self.info, self.global_step
+        if info.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out_dir / "config.yaml")
+            truncate_log(self.out_dir / LOG_FILE, after_step=step)
+        logger = RunLogger(
+            self.out_dir,
+            enabled=info.is_main,
+            tensorboard=cfg.log.tensorboard,
+            wandb=cfg.log.wandb,
+            wandb_project=cfg.log.wandb_project,
+            config=cfg.to_dict(),
+            total_steps=cfg.train.max_steps,
+            initial_step=step,
+            progress=cfg.log.progress,
+        )
+        num_params = sum(p.numel() for p in self.model.parameters())
+        frozen = f", {len(self.frozen)} frozen tensors" if self.frozen else ""
+        resumed = f", resumed from {self.resumed_from}" if self.resumed_from else ""
+        logger.message(
+            f"training {type(self.model).__name__} ({num_params / 1e6:.2f}M parameters{frozen})"
+            f" on {info.world_size} x {self.device}, global batch {self.global_batch}, "
+            f"steps {step}->{cfg.train.max_steps}{resumed}"
+        )
+        return logger
+
+    # -- batches
+
+    def _next_batch(self) -> Batch:
+        """The next training batch, prepared on the device; a new epoch starts after the
+        last batch of the sampler's epoch."""
+        if self._batches is None:
+            loader = make_dataloader(
+                self.data.train,
+                self.config.data.batch_size,
+                sampler=self.sampler,
+                num_workers=self.config.data.num_workers,
+                seed=self.config.seed + self.sampler.epoch,
+            )
+            self._batches = iter(loader)
+        raw = next(self._batches)
+        if self.sampler.advance(1):
+            self._batches = None  # epoch done; the next call starts the next epoch
+        return self._prepare(raw)
+
+    def _prepare(self, raw: Batch) -> Batch:
+        """Check the host batch (no device sync), then move and convert it."""
+        if self.spec.num_subjects is not None and "subject_id" in raw:
+            from boldgpt.models.checks import check_subject_ids
+
+            check_subject_ids(raw["subject_id"], self.spec.num_subjects)
+        return self.data.prepare(raw, self.device)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        precision = self.config.train.precision
+        if precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _draw_examples(self) -> None:
+        """Figure of the model's view of the first validation maps (rank 0)."""
+        if not self.info.is_main or self.config.log.num_examples < 1:
+            return
+        from boldgpt.viz.train import training_examples_figure
+
+        data, n = self.data, self.config.log.num_examples
+        dataset = data.val if data.val is not None and len(data.val) else data.train
+        examples = fetch_batch(dataset, list(range(min(n, len(dataset)))))
+        path = self.out_dir / "figures" / f"examples-step{self.global_step:07d}.png"
+        dev = self.device
+        with _side_rng(dev, self.config.seed), cpu_threads(1 if dev.type == "cpu" else None):
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                training_examples_figure(self.model, self._prepare(examples), path)
+            finally:
+                self.model.train(was_training)
+        self.logger.figure(self.global_step, "examples", path)
+
+
 def train(
     config: TrainConfig,
-    *,
     model: nn.Module | None = None,
     data: TrainData | None = None,
 ) -> TrainResult:
-    """Train a model as configured; see the module docstring for the sequence.
+    """Train a model as configured: ``Trainer(config, model, data).fit()``.
 
     Args:
-        config: a validated :class:`TrainConfig`.
-        model: use this model instead of building ``config.model`` (for programmatic
-            use and tests); it must return an object with ``.loss`` from
-            ``model(batch)``.
+        config: a validated :class:`TrainConfig` (``load_config`` / ``config_from_dict``).
+        model: use this model instead of building ``config.model`` (programmatic use,
+            tests); it must return an object with ``.loss`` from ``model(batch)``.
         data: use these datasets instead of loading ``config.data``.
 
     Returns:
         a :class:`TrainResult`. In a distributed run every process returns one.
     """
-    config = config.apply_debug().validate()
-    info = D.init_distributed(config.train.device)
-    dev = info.device
-    if config.train.precision == "fp16" and dev.type != "cuda":
-        raise ConfigError("train.precision=fp16 needs a GPU; use bf16 on CPU")
-    if config.train.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
-    out_dir = Path(config.out_dir)
-    ckpts = CheckpointManager(out_dir / "checkpoints", keep=config.checkpoint.keep)
+    return Trainer(config, model=model, data=data).fit()
 
-    # -- data and model (identical initialization on every process)
-    seed_everything(config.seed)
-    if data is None:
-        data = load_train_data(config, info)
-    if model is None:
-        model = build_model(config, data.mask)
-    model.to(dev)
-    frozen = freeze_parameters(model, config.model.freeze)
-    optimizer = make_optimizer(model, config, dev)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
-    scaler = torch.amp.GradScaler("cuda", enabled=config.train.precision == "fp16")
-    model_config = getattr(model, "config", None)
 
-    batch_size = config.data.batch_size
-    accum = config.optim.accumulation
-    global_batch = batch_size * info.world_size * accum
-    sampler = D.ResumableShardSampler(
-        len(data.train),
-        batch_size,
-        num_replicas=info.world_size,
-        rank=info.rank,
-        seed=config.seed,
-    )
-    val_loader = None
-    if data.val is not None and len(data.val) > 0:
-        val_sampler = D.ResumableShardSampler(
-            len(data.val),
-            batch_size,
-            num_replicas=info.world_size,
-            rank=info.rank,
-            shuffle=False,
-            drop_last=False,
-        )
-        val_loader = make_loader(data.val, val_sampler, batch_size, config.data.num_workers, 0)
-
-    # -- resume (all checks before any step)
-    step, best_val = 0, math.inf
-    resume_from = _resume_path(config, ckpts)
-    if resume_from is None:
-        note = prepare_vocabulary(model, config, data, out_dir, info.is_main)
-        if note and info.is_main:
-            print(note, flush=True)
-    if resume_from is None and config.checkpoint.resume == "no" and info.is_main:
-        ckpts.clear()
-        for stale in (out_dir / LOG_FILE, out_dir / "tb"):
-            if stale.is_dir():
-                shutil.rmtree(stale)
-            elif stale.exists():
-                stale.unlink()
-    if resume_from is not None:
-        ckpt = load_checkpoint(resume_from)
-        check_compatible(ckpt, model, model_config, where=str(resume_from))
-        warn_if_not_exact(ckpt, info.world_size, global_batch)
-        model.load_state_dict(ckpt["model"])
-        try:
-            optimizer.load_state_dict(ckpt["optimizer"])
-        except (ValueError, KeyError) as exc:
-            raise CheckpointError(
-                f"cannot resume from {resume_from}: the optimizer state does not fit "
-                f"({exc}); did model.freeze change?"
-            ) from exc
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        try:
-            sampler.load_state_dict(ckpt["data"])
-        except ValueError as exc:
-            raise CheckpointError(
-                f"cannot resume from {resume_from}: {exc}; did data.source or data.subjects change?"
-            ) from exc
-        step = int(ckpt["step"])
-        best_val = float(ckpt.get("best_val_loss", math.inf))
-        rngs = ckpt.get("rng") or []
-        if len(rngs) == info.world_size:
-            set_rng_state(rngs[info.rank])
-        else:
-            seed_everything(process_seed(config.seed + step, info.rank))
-        del ckpt
-    else:
-        seed_everything(process_seed(config.seed, info.rank))
-
-    if step >= config.train.max_steps:
-        raise ConfigError(
-            f"{resume_from} is already at step {step} >= train.max_steps="
-            f"{config.train.max_steps}; raise train.max_steps to train further"
-        )
-
-    # -- wrap for data parallel / compile
-    ddp = None
-    if info.distributed:
-        ddp = nn.parallel.DistributedDataParallel(
-            model, device_ids=[dev.index] if dev.type == "cuda" else None
-        )
-    forward: nn.Module = ddp if ddp is not None else model
-    if config.train.compile:
-        forward = torch.compile(forward)
-
-    def autocast() -> contextlib.AbstractContextManager:
-        return _autocast(config, dev)
-
-    if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, out_dir / "config.yaml")
-        truncate_log(out_dir / LOG_FILE, after_step=step)
-    logger = RunLogger(
-        out_dir,
-        enabled=info.is_main,
-        tensorboard=config.log.tensorboard,
-        wandb=config.log.wandb,
-        wandb_project=config.log.wandb_project,
-        config=config.to_dict(),
-        total_steps=config.train.max_steps,
-        initial_step=step,
-        progress=config.log.progress,
-    )
-    num_params = sum(p.numel() for p in model.parameters())
-    logger.message(
-        f"training {type(model).__name__} ({num_params / 1e6:.2f}M parameters"
-        f"{f', {len(frozen)} frozen tensors' if frozen else ''}) on {info.world_size} x {dev}, "
-        f"global batch {global_batch}, steps {step}->{config.train.max_steps}"
-        + (f", resumed from {resume_from}" if resume_from else "")
-    )
-
-    # -- helpers of the loop
-    examples = _example_batch(data, config.log.num_examples) if info.is_main else None
-    batches: Iterator[Batch] | None = None
-
-    def next_batch() -> Batch:
-        nonlocal batches
-        if batches is None:
-            loader = make_loader(
-                data.train,
-                sampler,
-                batch_size,
-                config.data.num_workers,
-                seed=config.seed + sampler.epoch,
-            )
-            batches = iter(loader)
-        batch = next(batches)
-        if sampler.advance(1):
-            batches = None  # epoch done; the next call starts the next epoch
-        return data.prepare(batch, dev)
-
-    def evaluate() -> dict[str, float]:
-        with _side_rng(dev, config.seed):
-            return _evaluate(model, val_loader, data.prepare, dev, autocast, config)
-
-    def save(is_best: bool) -> Path | None:
-        rngs = D.all_gather_objects(rng_state())
-        if not info.is_main:
-            return None
-        state = {
-            "model": model.state_dict(),
-            "model_config": model_config,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-            "rng": rngs,
-            "data": sampler.state_dict(),
-            "config": config.to_dict(),
-            "best_val_loss": best_val,
-            "world_size": info.world_size,
-            "global_batch_size": global_batch,
-        }
-        return ckpts.save(state, step, is_best=is_best)
-
-    def draw(tag: str) -> None:
-        if not info.is_main or examples is None:
-            return
-        from boldgpt.viz.train import training_examples_figure
-
-        path = out_dir / "figures" / f"examples-step{step:07d}.png"
-        with _side_rng(dev, config.seed), cpu_threads(1 if dev.type == "cpu" else None):
-            was_training = model.training
-            model.eval()
-            try:
-                training_examples_figure(model, data.prepare(examples, dev), path)
-            finally:
-                model.train(was_training)
-        logger.figure(step, tag, path)
-
-    # -- the loop
-    result = TrainResult(status="finished", step=step, out_dir=out_dir)
-    params = [p for p in model.parameters() if p.requires_grad]
-    start_step, t_start = step, time.perf_counter()
-    t_log, step_log = t_start, step
-    loss_sum = torch.zeros((), device=dev)
-    extra_sums: dict[str, torch.Tensor] = {}  # the model's own metrics, e.g. token accuracy
-    last_val = None
-    model.train()
-    try:
-        with _StopSignal() as stop_signal:
-            while step < config.train.max_steps:
-                for micro in range(accum):
-                    batch = next_batch()
-                    # gradients are all-reduced only on the last micro-batch of a step
-                    sync = ddp.no_sync() if ddp and micro < accum - 1 else contextlib.nullcontext()
-                    with sync:
-                        with autocast():
-                            out = forward(batch)
-                        loss = out.loss.float()
-                        scaler.scale(loss / accum).backward()
-                    loss_sum += loss.detach() / accum
-                    for key, value in (getattr(out, "metrics", None) or {}).items():
-                        extra_sums[key] = extra_sums.get(key, 0.0) + value.detach().float() / accum
-                if scaler.is_enabled():
-                    scaler.unscale_(optimizer)
-                if config.optim.grad_clip is not None:
-                    grad_norm = nn.utils.clip_grad_norm_(params, config.optim.grad_clip)
-                else:
-                    grad_norm = nn.utils.clip_grad_norm_(params, math.inf)
-                scaler.step(optimizer)
-                scaler.update()
-                lr = optimizer.param_groups[0]["lr"]
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-
-                # -- logging
-                if step % config.log.every == 0 or step == config.train.max_steps:
-                    now = time.perf_counter()
-                    train_loss = D.all_reduce_mean(loss_sum / (step - step_log), dev)
-                    if not math.isfinite(train_loss):
-                        raise FloatingPointError(
-                            f"training loss is {train_loss} at step {step}; lower optim.lr, raise "
-                            "optim.warmup_steps or use train.precision=fp32"
-                        )
-                    maps_per_s = (step - step_log) * global_batch / max(now - t_log, 1e-9)
-                    n_steps = step - step_log
-                    extras = {
-                        k: D.all_reduce_mean(v / n_steps, dev)
-                        for k, v in sorted(extra_sums.items())
-                    }
-                    extra_sums.clear()
-                    metrics = {
-                        "loss": train_loss,
-                        **extras,
-                        "lr": lr,
-                        "grad_norm": float(grad_norm),
-                        "maps_per_s": maps_per_s,
-                        "epoch": sampler.epoch + sampler.position / sampler.epoch_length,
-                    }
-                    logger.log(step, metrics)
-                    logger.progress(step, loss=train_loss, maps_s=f"{maps_per_s:.0f}")
-                    result.last_train_loss = train_loss
-                    loss_sum.zero_()
-                    t_log, step_log = now, step
-                else:
-                    logger.progress(step)
-
-                # -- evaluation, checkpoints, figures
-                is_best = False
-                last_step = step == config.train.max_steps
-                if val_loader is not None and (step % config.train.eval_every == 0 or last_step):
-                    val_metrics = evaluate()
-                    last_val = val_metrics["loss"]
-                    is_best = last_val < best_val
-                    best_val = min(best_val, last_val)
-                    logger.log(step, {**val_metrics, "best_loss": best_val}, split="val")
-                    logger.message(f"step {step}: val loss {last_val:.4f} (best {best_val:.4f})")
-                if step % config.checkpoint.every == 0 or is_best or last_step:
-                    result.checkpoint = save(is_best)
-                if config.log.figures_every and (step % config.log.figures_every == 0 or last_step):
-                    draw("examples")
-
-                # -- early ends of this invocation (checkpointed, resumable)
-                elapsed_min = (time.perf_counter() - t_start) / 60
-                out_of_time = (
-                    bool(config.train.max_minutes) and elapsed_min >= config.train.max_minutes
-                )
-                # Signals and clocks differ between processes: agree, or DDP would hang.
-                interrupted = D.any_process(stop_signal.received is not None, dev)
-                out_of_time = D.any_process(out_of_time, dev)
-                reason = None
-                if interrupted:
-                    reason = "interrupted"
-                elif out_of_time or (
-                    config.train.stop_after and step - start_step >= config.train.stop_after
-                ):
-                    reason = "stopped"
-                if reason and not last_step:
-                    result.status = reason
-                    result.signal = stop_signal.received
-                    saved = save(False)
-                    result.checkpoint = saved or result.checkpoint
-                    logger.message(
-                        f"{'received ' + stop_signal.received if stop_signal.received else reason}"
-                        f" at step {step}: checkpoint saved to {ckpts.latest_path}; run the same "
-                        "command again to resume"
-                    )
-                    break
-
-    except BaseException:
-        logger.close()  # flush the log and the progress bar before the error shows
-        raise
-
-    result.step = step
-    result.best_val_loss = best_val if math.isfinite(best_val) else None
-    result.last_val_loss = last_val
-    if result.status == "finished" and info.is_main:
-        with _side_rng(dev, config.seed):
-            _fit_predictive_noise(model, data, dev, logger)
-        result.model_dir = _save_final_model(model, out_dir / "model", logger)
-    logger.close()
-    D.barrier()
-    return result
+# ------------------------------------------------------------------------------ helpers
 
 
 def _resume_path(config: TrainConfig, ckpts: CheckpointManager) -> Path | None:
@@ -688,14 +827,6 @@ def _resume_path(config: TrainConfig, ckpts: CheckpointManager) -> Path | None:
     return Path(resume)
 
 
-def _autocast(config: TrainConfig, dev: torch.device) -> contextlib.AbstractContextManager:
-    precision = config.train.precision
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=dev.type, dtype=dtype)
-
-
 @contextlib.contextmanager
 def _side_rng(dev: torch.device, seed: int) -> Iterator[None]:
     """Run evaluation / figures with their own fixed random stream (the same random
@@ -704,52 +835,6 @@ def _side_rng(dev: torch.device, seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed + 12345)
         yield
-
-
-@torch.no_grad()
-def _evaluate(
-    model: nn.Module,
-    loader: DataLoader | None,
-    prepare: Callable[[Batch, torch.device], Batch],
-    dev: torch.device,
-    autocast: Callable[[], contextlib.AbstractContextManager],
-    config: TrainConfig,
-) -> dict[str, float]:
-    """Mean loss (and the model's own metrics) per map over (a prefix of) the
-    validation split, over all processes."""
-    was_training = model.training
-    model.eval()
-    names: list[str] = []
-    total = None
-    try:
-        for i, raw in enumerate(loader):
-            if config.train.eval_batches and i >= config.train.eval_batches:
-                break
-            batch = prepare(raw, dev)
-            with autocast():
-                out = model(batch)
-            extra = getattr(out, "metrics", None) or {}
-            if total is None:
-                names = ["loss", *sorted(extra)]
-                total = torch.zeros(len(names) + 1, dtype=torch.float64, device=dev)
-            n = len(next(iter(batch.values())))
-            values = [out.loss, *(extra[k] for k in names[1:])]
-            total[:-1] += torch.stack([v.detach().double() for v in values]) * n
-            total[-1] += n
-    finally:
-        model.train(was_training)
-    if total is None:  # fewer validation maps than processes
-        total = torch.zeros(2, dtype=torch.float64, device=dev)
-        names = ["loss"]
-    total = D.all_reduce_sum_tensor(total)
-    return {k: float(v) for k, v in zip(names, total[:-1] / total[-1].clamp_min(1))}
-
-
-def _example_batch(data: TrainData, n: int) -> Batch | None:
-    """The first ``n`` validation maps (train when there is no val): the same maps in
-    every figure of a run."""
-    dataset = data.val if data.val is not None and len(data.val) else data.train
-    return _fetch(dataset, list(range(min(n, len(dataset)))))
 
 
 def _fit_predictive_noise(
@@ -764,7 +849,7 @@ def _fit_predictive_noise(
 
     n = min(maps, len(data.train))
     batches = (
-        data.prepare(_fetch(data.train, list(range(i, min(i + 64, n)))), dev)
+        data.prepare(fetch_batch(data.train, list(range(i, min(i + 64, n)))), dev)
         for i in range(0, n, 64)
     )
     cov = fit_residual_covariance(model, batches)
