@@ -16,3 +16,23 @@ class ConfigError(BoldGPTError, ValueError):
 
 class CheckpointError(BoldGPTError, ValueError):
     """A model directory or checkpoint that cannot be loaded into the requested model."""
+
+
+class UnsafeFileError(CheckpointError):
+    """A file that would run code when loaded (a pickle with objects beyond tensors and
+    plain containers). It is refused, never executed."""
+
+
+class DiskFullError(BoldGPTError, OSError):
+    """No space left (or quota exceeded) while writing a file. The file being replaced,
+    if any, is unchanged: writes are atomic."""
+
+
+class RunLockedError(BoldGPTError, RuntimeError):
+    """Another process holds the lock of an output directory (e.g. a training run
+    writing the same ``out_dir``)."""
+
+
+class NonFiniteError(BoldGPTError, FloatingPointError):
+    """A NaN or infinite loss or gradient stopped training before it reached the
+    weights."""

@@ -5,7 +5,13 @@ A run's ``OUT_DIR/checkpoints/`` holds ``step-0000200.pt`` ... (the newest ``kee
 ``latest.pt`` (the newest) and ``best.pt`` (lowest validation loss so far). ``latest`` and
 ``best`` are hard links to a step file where the file system allows (no extra disk),
 copies otherwise, and are replaced atomically, so a crash at any moment leaves a
-loadable checkpoint.
+loadable checkpoint. A write that runs out of disk space raises
+:class:`~boldgpt.errors.DiskFullError` and leaves the previous files as they were; a
+checkpoint found corrupt or truncated when resuming is skipped, with a warning, for the
+newest one that reads (:meth:`CheckpointManager.latest`).
+
+One training run at a time may write an ``OUT_DIR``: :func:`lock_run_dir` holds an
+exclusive lock (``OUT_DIR/.lock``) for the run; a second run refuses to start.
 
 A checkpoint is a dict saved with ``torch.save`` and read with
 ``torch.load(weights_only=True)`` (no code runs on load)::
@@ -23,6 +29,8 @@ import random
 import re
 import shutil
 import warnings
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +39,7 @@ import torch
 from torch import nn
 
 from boldgpt.errors import CheckpointError
-from boldgpt.utils.io import atomic_write
+from boldgpt.utils.io import atomic_write, file_lock, load_torch_file
 
 CHECKPOINT_FORMAT = "boldgpt-train-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -94,10 +102,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # corrupt, truncated or not a torch file
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    # refuses pickles that would run code; names corrupt or truncated files
+    state = load_torch_file(path, map_location=map_location)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path} is not a boldgpt training checkpoint (expected format "
@@ -199,11 +205,20 @@ class CheckpointManager:
         return sorted(files, key=lambda p: int(_STEP_FILE.fullmatch(p.name).group(1)))
 
     def latest(self) -> Path | None:
-        """The checkpoint to resume from, or None."""
-        if self.latest_path.is_file():
-            return self.latest_path
-        files = self.step_files()
-        return files[-1] if files else None
+        """The checkpoint to resume from, or None: ``latest.pt``, else the newest step
+        file. A candidate that is corrupt or truncated (its zip structure or a CRC does
+        not check) is skipped with a warning naming it, for the next older one."""
+        candidates = [self.latest_path] if self.latest_path.is_file() else []
+        candidates += self.step_files()[::-1]
+        for path in candidates:
+            problem = _damage(path)
+            if problem is None:
+                return path
+            warnings.warn(
+                f"skipping checkpoint {path}: {problem}; resuming from an older one",
+                stacklevel=2,
+            )
+        return None
 
     def save(self, state: dict[str, Any], step: int, is_best: bool = False) -> Path:
         """Write the step file, point ``latest`` (and ``best`` if asked) at it, then
@@ -223,6 +238,33 @@ class CheckpointManager:
             for p in self.step_files() + [self.latest_path, self.best_path]:
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
+
+
+def _damage(path: Path) -> str | None:
+    """Why ``path`` cannot be a good checkpoint, or None. ``torch.save`` writes a zip
+    with a CRC per entry: reading it through checks truncation and flipped bytes
+    without unpickling anything."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+        return f"it is truncated or not a torch file ({exc})"
+    if bad is not None:
+        return f"its entry {bad} is corrupt (CRC mismatch)"
+    return None
+
+
+@contextlib.contextmanager
+def lock_run_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Hold the exclusive lock of a run directory (``OUT_DIR/.lock``) while the block
+    runs: a second run on the same ``out_dir`` raises
+    :class:`~boldgpt.errors.RunLockedError` at once, before it writes anything. The
+    lock goes when the block ends or the process dies (nothing stale to clean up).
+    Yields the lock file's path."""
+    out_dir = Path(out_dir)
+    path = out_dir / ".lock"
+    with file_lock(path, blocking=False, what=f"run directory {out_dir}"):
+        yield path
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -243,10 +243,9 @@ def _read(
             if metadata.get("architecture"):
                 arch = _parse_architecture(metadata["architecture"], source)
         else:
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:  # pickle / zip errors of every kind
-                raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+            from boldgpt.utils.io import load_torch_file
+
+            state = load_torch_file(path)  # refuses pickles that would run code
             if not isinstance(state, Mapping):
                 raise CheckpointError(f"{path}: expected a state dict, got {type(state)}")
             if isinstance(state.get("architecture"), (Mapping, str)):
