@@ -4,6 +4,7 @@ import torch
 
 from boldgpt.errors import ConfigError
 from boldgpt.models.beit import BEiT
+from boldgpt.models.config import BEiTConfig
 
 
 def small_mask(h: int = 40, w: int = 50) -> np.ndarray:
@@ -15,7 +16,7 @@ def make_model(**kw) -> BEiT:
     args = dict(patch_size=10, embed_dim=32, depth=2, num_heads=4, num_subjects=4)
     args.update(kw)
     torch.manual_seed(0)
-    return BEiT(small_mask(), **args).eval()
+    return BEiT(BEiTConfig(**args), small_mask()).eval()
 
 
 def make_batch(model: BEiT, B: int = 3) -> dict[str, torch.Tensor]:

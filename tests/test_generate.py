@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 from boldgpt.generate import complete, inpaint, likelihood, sample
 from boldgpt.models.beit import BEiT
+from boldgpt.models.config import BEiTConfig, IGPTConfig
 from boldgpt.models.igpt import IGPT
 from boldgpt.patching import permute
 
@@ -18,7 +19,7 @@ def make_igpt(**kw) -> IGPT:
     args = dict(patch_size=10, embed_dim=32, depth=2, num_heads=4, num_subjects=4)
     args.update(kw)
     torch.manual_seed(0)
-    model = IGPT(small_mask(), **args).eval()
+    model = IGPT(IGPTConfig(**args), small_mask()).eval()
     if model.tokenizer is not None:
         model.tokenizer.vocab.copy_(torch.randn(model.tokenizer.vocab_size, model.patchify.dim))
     return model
@@ -79,21 +80,21 @@ def test_sampling_with_and_without_cache_agree(categorical):
 
 def test_continuous_sampling_is_deterministic_and_conditioned_on_subject():
     model = make_igpt()
-    a = model.sample(2, subject_id=torch.tensor([0, 1]))
-    b = model.sample(2, subject_id=torch.tensor([0, 1]))
+    a = sample(model, 2, subject_id=torch.tensor([0, 1]))
+    b = sample(model, 2, subject_id=torch.tensor([0, 1]))
     assert torch.equal(a, b)
     assert not torch.allclose(a[0], a[1], atol=1e-4)
-    noisy = model.sample(2, subject_id=torch.tensor([0, 1]), noise="white", noise_scale=0.5)
+    noisy = sample(model, 2, subject_id=torch.tensor([0, 1]), noise="white", noise_scale=0.5)
     assert not torch.allclose(a, noisy, atol=1e-3)
     with pytest.raises(ValueError, match="no fitted residual covariance"):
-        model.sample(1, noise="residual")
-    prior = model.sample(1)  # group prior, no subject
+        sample(model, 1, noise="residual")
+    prior = sample(model, 1)  # group prior, no subject
     assert prior.shape == (1, 40, 50)
 
 
 def test_sampling_restores_training_mode():
     model = make_igpt().train()
-    model.sample(1)
+    sample(model, 1)
     assert model.training
 
 
@@ -219,7 +220,8 @@ def test_token_likelihood_averages_over_random_orders():
 
 def test_beit_parallel_decoding_keeps_prompt_and_is_deterministic():
     torch.manual_seed(0)
-    model = BEiT(small_mask(), patch_size=10, embed_dim=32, depth=2, num_heads=4).eval()
+    config = BEiTConfig(patch_size=10, embed_dim=32, depth=2, num_heads=4)
+    model = BEiT(config, small_mask()).eval()
     patches = model.patchify(make_maps(model))
     observed = random_observed(3, model.num_patches)
     a = complete(model, patches, observed, num_steps=4)
@@ -228,7 +230,7 @@ def test_beit_parallel_decoding_keeps_prompt_and_is_deterministic():
     assert torch.equal(a[observed], patches[observed])
     m = model.patchify.patch_mask
     assert ((a[~observed].abs() * m[torch.nonzero(~observed)[:, 1]]).sum(-1) > 0).all()
-    assert model.sample(2, num_steps=3).shape == (2, 40, 50)
+    assert sample(model, 2, num_steps=3).shape == (2, 40, 50)
     with pytest.raises(ValueError, match="autoregressive"):
         likelihood(model, make_maps(model))
 

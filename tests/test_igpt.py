@@ -4,7 +4,9 @@ import torch
 import torch.nn.functional as F
 
 from boldgpt.errors import ConfigError, DataError
+from boldgpt.models.config import IGPTConfig
 from boldgpt.models.igpt import IGPT
+from boldgpt.models.layers import param_groups
 
 
 def small_mask(h: int = 40, w: int = 50) -> np.ndarray:
@@ -16,7 +18,7 @@ def make_model(**kw) -> IGPT:
     args = dict(patch_size=10, embed_dim=32, depth=2, num_heads=4, num_subjects=4)
     args.update(kw)
     torch.manual_seed(0)
-    return IGPT(small_mask(), **args).eval()
+    return IGPT(IGPTConfig(**args), small_mask()).eval()
 
 
 def make_batch(model: IGPT, B: int = 3, seed: int = 1) -> dict[str, torch.Tensor]:
@@ -222,7 +224,7 @@ def test_estimate_flops_counts_matmuls_and_attention():
 
 def test_param_groups_cover_every_parameter_once():
     model = make_model(num_registers=1)
-    groups = model.param_groups(0.1)
+    groups = param_groups(model, 0.1)
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))
     no_decay = {id(p) for p in groups[1]["params"]}

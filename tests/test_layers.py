@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from boldgpt.models.config import PatchModelConfig
 from boldgpt.models.layers import (
     Attention,
     Block,
@@ -127,9 +128,8 @@ def test_layer_scale_scales_channels():
 
 
 def test_param_groups_decay_only_linear_weights():
-    model = Transformer(
-        5, 6, embed_dim=16, depth=2, num_heads=2, num_registers=2, mask_token=True, layer_scale=0.1
-    )
+    config = PatchModelConfig(embed_dim=16, depth=2, num_heads=2, num_registers=2, layer_scale=0.1)
+    model = Transformer(5, 6, config, mask_token=True)
     model.blocks[1].mlp.fc2.weight.requires_grad_(False)
     decay, no_decay = param_groups(model, 0.05)
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0

@@ -287,8 +287,8 @@ def test_architecture_inferred_from_shapes_with_a_warning_for_heads():
     state = make_original_state(arch, "radial")
     with pytest.warns(UserWarning, match="assuming 2 heads"):
         model = load_original_checkpoint(state)
-    kw = model.config["kwargs"]
-    assert (kw["embed_dim"], kw["depth"], kw["num_subjects"], kw["patch_size"]) == (128, 2, 5, 5)
+    c = model.config
+    assert (c.embed_dim, c.depth, c.num_subjects, c.patch_size) == (128, 2, 5, 5)
     activity = torch.randn(1, 43, 47) * state["patchify.mask"]
     expected = ref_forward(state, arch, activity, torch.tensor([2]))
     got = model_outputs(model, activity, torch.tensor([2]))

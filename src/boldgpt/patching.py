@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 ORDERINGS = ("raster", "radial", "reverse_radial", "random")
+ORDER_MIX_KINDS = ("random", "outward", "hemisphere")
+"""Kinds of per-sample training orders :func:`mixed_orders` draws (see there)."""
 RANDOM_ORDER_SEED = 0
 
 

@@ -96,7 +96,7 @@ def _convert_original(args: argparse.Namespace) -> int:
             raise ConfigError(f"{out} is not a boldgpt model directory; refusing to replace it")
     model = load_original_checkpoint(args.checkpoint, architecture=arch)
     save_model(model, args.out_dir)
-    kw = model.config["kwargs"]
+    kw = model.config.to_dict()
     params = sum(p.numel() for p in model.parameters())
     kind = "tokens" if kw.get("categorical") else "continuous"
     order = "shuffled" if kw.get("shuffle") else "fixed order"

@@ -17,71 +17,34 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from boldgpt.errors import ConfigError
-from boldgpt.models.transformer import ModelOutput, PatchModel, backbone_kwargs, config_kwargs
+from boldgpt.models.config import BEiTConfig, PatchModelConfig
+from boldgpt.models.transformer import ModelOutput, PatchModel
 
 
 class BEiT(PatchModel):
     """Bidirectional transformer trained to fill in masked patches.
 
-    Args:
-        mask: bool (H, W), the pixels with signal.
-        mask_ratio: fraction of patches masked per sample: a float (fixed), or
-            ``[low, high]`` for a fraction drawn uniformly per sample (at least one
-            patch is always masked).
-        Other arguments as in :class:`~boldgpt.models.igpt.IGPT` (no ``shuffle``: a
-        bidirectional model has no order).
+    Built as ``BEiT(config, mask, patch_indices=None)`` from a :class:`BEiTConfig`
+    (``mask_ratio``: fraction of patches masked per training sample, fixed or drawn
+    uniformly from ``(low, high)``; at least one patch is always masked).
     """
 
     causal = False
+    config_class = BEiTConfig
+    config: BEiTConfig
 
     def __init__(
         self,
-        mask: np.ndarray | torch.Tensor,
-        *,
-        patch_size: int = 10,
-        channels: int = 1,
-        ordering: str | np.ndarray = "radial",
-        patch_indices: Any = None,
-        embed_dim: int = 192,
-        depth: int = 12,
-        num_heads: int = 3,
-        mlp_ratio: float = 4.0,
-        num_subjects: int = 8,
-        subject_embed: bool = True,
-        subject_dropout: float = 0.0,
-        mask_ratio: float | Sequence[float] = (0.0, 1.0),
-        categorical: bool = False,
-        vocab_size: int = 1024,
-        num_registers: int = 0,
-        context_dim: int | None = None,
-        qkv_bias: bool = False,
-        qk_norm: bool = False,
-        layer_scale: float | None = None,
-        drop_path: float = 0.0,
-        drop: float = 0.0,
-        attn_drop: float = 0.0,
-        head_drop: float = 0.0,
-        input_key: str = "activity",
-        pos_init: str = "sincos",
+        config: BEiTConfig,
+        mask: np.ndarray | torch.Tensor | None = None,
+        patch_indices: torch.Tensor | Sequence[int] | None = None,
     ):
-        kwargs = config_kwargs(locals())
-        ratio = _check_ratio(mask_ratio)
-        super().__init__(
-            mask,
-            patch_size=patch_size,
-            channels=channels,
-            ordering=ordering,
-            patch_indices=patch_indices,
-            categorical=categorical,
-            vocab_size=vocab_size,
-            input_key=input_key,
-            head_drop=head_drop,
-            pos_init=pos_init,
-            backbone=backbone_kwargs(locals(), next_pos_query=False, mask_token=True),
-        )
-        self.mask_ratio = ratio
-        self.config = {"name": "beit", "kwargs": kwargs}
+        super().__init__(config, mask, patch_indices)
+        self.mask_ratio = config.mask_ratio
+
+    @classmethod
+    def backbone_options(cls, config: PatchModelConfig) -> dict[str, Any]:
+        return {"next_pos_query": False, "mask_token": True}
 
     def random_mask(
         self, batch_size: int, generator: torch.Generator | None = None
@@ -156,16 +119,3 @@ class BEiT(PatchModel):
         return ModelOutput(
             loss=loss, output=output, target=target, patches=patches, mask=mask, metrics=metrics
         )
-
-
-def _check_ratio(mask_ratio: float | Sequence[float]) -> tuple[float, float]:
-    if isinstance(mask_ratio, (int, float)):
-        lo = hi = float(mask_ratio)
-    else:
-        values = list(mask_ratio)
-        if len(values) != 2:
-            raise ConfigError(f"mask_ratio must be a float or [low, high]; got {mask_ratio!r}")
-        lo, hi = float(values[0]), float(values[1])
-    if not 0.0 <= lo <= hi <= 1.0:
-        raise ConfigError(f"mask_ratio must satisfy 0 <= low <= high <= 1; got {mask_ratio!r}")
-    return lo, hi

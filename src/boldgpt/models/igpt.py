@@ -11,103 +11,50 @@ in-mask pixels only) or their k-means token ids (cross-entropy).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from boldgpt.models.config import IGPTConfig, PatchModelConfig
 from boldgpt.models.layers import KVCache
-from boldgpt.models.transformer import ModelOutput, PatchModel, backbone_kwargs, config_kwargs
+from boldgpt.models.transformer import ModelOutput, PatchModel
 from boldgpt.patching import permute, random_order
 
 
 class IGPT(PatchModel):
     """Causal transformer over the patches of a flat map (or image).
 
-    Args:
-        mask: bool (H, W), the pixels with signal (the NSD-Flat cortex mask for BOLD
-            maps, all True for images).
-        patch_size, channels: patch side in pixels; values per pixel.
-        ordering: fixed patch order (``raster``, ``radial``, ``reverse_radial``,
-            ``random`` or a priority map); ``patch_indices`` (a stored order) wins.
-        embed_dim, depth, num_heads, mlp_ratio: transformer size.
-        num_subjects, subject_embed, subject_dropout: per-subject embeddings.
-        shuffle: train in a random order per sample, with next-position queries (so
-            the model can decode in any order). False: always the fixed order, no
-            queries.
-        categorical, vocab_size: predict k-means token ids (cross-entropy) instead of
-            patch values (in-mask MSE). The tokenizer's vocabulary must be fitted
-            (``model.tokenizer.fit``) before training.
-        num_registers: extra learned tokens (after the subject token; causal-safe).
-        legacy_registers: put registers where the seed project did (appended, global
-            attention). Leaks later patches into earlier predictions; only for
-            running that project's checkpoints.
-        context_dim: cross-attend to a context sequence of this width (image2bold).
-        qkv_bias, qk_norm, layer_scale, drop_path, drop, attn_drop, head_drop: block
-            and regularisation options (see :class:`~boldgpt.models.transformer.
-            Transformer`).
-        input_key: batch key of the maps (``activity`` or ``image``).
-        pos_init: ``sincos`` (default): slot position embeddings and next-position
-            queries start as 2-D sine-cosine features of the patches' places (then
-            learned), so a shuffled model starts out knowing which slots are near
-            each other; ``random``: truncated normal, as in the seed project.
+    Built as ``IGPT(config, mask, patch_indices=None)`` from an :class:`IGPTConfig`
+    (every architecture field, see there and
+    :class:`~boldgpt.models.config.PatchModelConfig`), the mask of the data (None
+    for an image model) and optionally a stored patch order. ``config.shuffle``:
+    train in a random order per sample with next-position queries, so the model can
+    decode in any order; otherwise only in its fixed order.
     """
 
     causal = True
+    config_class = IGPTConfig
+    config: IGPTConfig
 
     def __init__(
         self,
-        mask: np.ndarray | torch.Tensor,
-        *,
-        patch_size: int = 10,
-        channels: int = 1,
-        ordering: str | np.ndarray = "radial",
-        patch_indices: Any = None,
-        embed_dim: int = 192,
-        depth: int = 12,
-        num_heads: int = 3,
-        mlp_ratio: float = 4.0,
-        num_subjects: int = 8,
-        subject_embed: bool = True,
-        subject_dropout: float = 0.0,
-        shuffle: bool = True,
-        categorical: bool = False,
-        vocab_size: int = 1024,
-        num_registers: int = 0,
-        legacy_registers: bool = False,
-        context_dim: int | None = None,
-        qkv_bias: bool = False,
-        qk_norm: bool = False,
-        layer_scale: float | None = None,
-        drop_path: float = 0.0,
-        drop: float = 0.0,
-        attn_drop: float = 0.0,
-        head_drop: float = 0.0,
-        input_key: str = "activity",
-        pos_init: str = "sincos",
+        config: IGPTConfig,
+        mask: np.ndarray | torch.Tensor | None = None,
+        patch_indices: torch.Tensor | Sequence[int] | None = None,
     ):
-        kwargs = config_kwargs(locals())
-        super().__init__(
-            mask,
-            patch_size=patch_size,
-            channels=channels,
-            ordering=ordering,
-            patch_indices=patch_indices,
-            categorical=categorical,
-            vocab_size=vocab_size,
-            input_key=input_key,
-            head_drop=head_drop,
-            pos_init=pos_init,
-            backbone=backbone_kwargs(
-                locals(),
-                next_pos_query=shuffle,
-                register_layout="legacy_global" if legacy_registers else "prefix",
-            ),
-        )
-        self.shuffle = shuffle
-        self.config = {"name": "igpt", "kwargs": kwargs}
+        super().__init__(config, mask, patch_indices)
+        self.shuffle = config.shuffle
+
+    @classmethod
+    def backbone_options(cls, config: PatchModelConfig) -> dict[str, Any]:
+        assert isinstance(config, IGPTConfig)
+        return {
+            "next_pos_query": config.shuffle,
+            "register_layout": "legacy_global" if config.legacy_registers else "prefix",
+        }
 
     # ---- orders --------------------------------------------------------------------
 

@@ -288,13 +288,28 @@ class Block(nn.Module):
 
 
 def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW parameter groups: weight decay on the weight matrices of linear layers
-    only; none on biases, norms, LayerScale, embeddings, tokens and queries (decaying
-    those pulls learned positions/identities toward zero for no regularising gain).
+    """AdamW parameter groups of any module, by module type: weight decay on the weight
+    matrices of linear maps (``nn.Linear`` weights, convolution kernels, the input
+    projections of ``nn.MultiheadAttention``); none on anything else: biases, norms,
+    LayerScale, embeddings (``nn.Embedding`` and learned ``nn.Parameter`` tokens,
+    positions and queries). Decaying those pulls learned positions / identities toward
+    zero for no regularising gain.
 
-    Frozen parameters (``requires_grad=False``) are left out.
+    The one weight-decay rule of boldgpt (the training engine uses it for every
+    model). Frozen parameters (``requires_grad=False``) are left out; a parameter
+    shared by several modules counts once.
+
+    Returns ``[{"params": decayed, "weight_decay": weight_decay}, {"params": rest,
+    "weight_decay": 0.0}]``.
     """
-    decay_ids = {id(m.weight) for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    decay_ids = set()
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)):
+            decay_ids.add(id(m.weight))
+        elif isinstance(m, nn.MultiheadAttention):
+            for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
+                if getattr(m, name, None) is not None:
+                    decay_ids.add(id(getattr(m, name)))
     decay, no_decay = [], []
     for p in module.parameters():
         if p.requires_grad:

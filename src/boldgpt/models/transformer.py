@@ -26,9 +26,9 @@ exists only to run that project's checkpoints.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -36,7 +36,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from boldgpt.errors import ConfigError, DataError
-from boldgpt.models.layers import LN_EPS, Block, KVCache, param_groups
+from boldgpt.models.checks import check_finite, check_subject_ids, value_checks_enabled
+from boldgpt.models.config import PatchModelConfig
+from boldgpt.models.layers import LN_EPS, Block, KVCache
 from boldgpt.patching import MaskedPatchify
 from boldgpt.tokenizer import KMeansTokenizer
 
@@ -48,7 +50,6 @@ def _trunc_normal_(t: torch.Tensor, std: float = INIT_STD) -> None:
     nn.init.trunc_normal_(t, std=std, a=-2 * std, b=2 * std)
 
 
-POS_INIT = ("sincos", "random")
 SINCOS_SCALE = 0.5
 
 
@@ -64,85 +65,33 @@ def sincos_embedding(coords: torch.Tensor, dim: int, max_period: float = 100.0) 
     return F.pad(emb, (0, dim - 4 * k)).float()
 
 
-def config_kwargs(init_locals: dict[str, Any]) -> dict[str, Any]:
-    """The JSON-able constructor arguments of a model, from ``locals()`` taken at the
-    top of its ``__init__``. The mask and stored patch order are left out: they travel
-    with the weights (``patchify.mask``, ``patchify.patch_indices``)."""
-    kwargs = {
-        k: v
-        for k, v in init_locals.items()
-        if k not in ("self", "mask", "patch_indices", "__class__")
-    }
-    if not isinstance(kwargs.get("ordering", ""), str):
-        kwargs["ordering"] = "priority"  # a priority map; the order itself is stored
-    for k, v in kwargs.items():
-        if isinstance(v, tuple):
-            kwargs[k] = list(v)
-    return kwargs
-
-
-BACKBONE_ARGS = (
-    "embed_dim", "depth", "num_heads", "mlp_ratio", "num_subjects", "subject_embed",
-    "subject_dropout", "num_registers", "context_dim", "qkv_bias", "qk_norm", "layer_scale",
-    "drop_path", "drop", "attn_drop",
-)  # fmt: skip
-"""Constructor arguments that models pass through to :class:`Transformer` unchanged."""
-
-
-def backbone_kwargs(init_locals: dict[str, Any], **fixed: Any) -> dict[str, Any]:
-    """The :class:`Transformer` arguments among a model's constructor ``locals()``,
-    plus the ones the model ``fixed`` itself (e.g. ``causal``, ``mask_token``)."""
-    return {**{k: init_locals[k] for k in BACKBONE_ARGS}, **fixed}
-
-
 class Transformer(nn.Module):
     """Pre-norm ViT over [subject token, registers, patch tokens].
 
     Args:
         num_patches: N, patch slots (the length of the model's fixed order).
         in_features: values per patch.
-        embed_dim, depth, num_heads, mlp_ratio: width D, blocks, heads, MLP width / D.
-        num_subjects: rows of the subject embedding table.
-        subject_embed: add a per-subject embedding to the group token.
-        subject_dropout: training-time probability of zeroing a sample's subject
-            embedding (not rescaled).
+        config: the model's config; the backbone reads ``embed_dim``, ``depth``,
+            ``num_heads``, ``mlp_ratio``, the subject, register, cross-attention and
+            block options (see :class:`~boldgpt.models.config.PatchModelConfig`).
+        causal: causal (GPT) or bidirectional (BEiT / encoder) attention.
         next_pos_query: learned query of the slot to predict next (plus an end query);
             needed to decode in any order.
-        num_registers: R extra learned tokens.
-        register_layout: ``prefix`` (safe, see module docstring) or ``legacy_global``.
-        context_dim: width of a context sequence to cross-attend to (None: no
-            cross-attention).
-        causal: causal (GPT) or bidirectional (BEiT / encoder) attention.
         mask_token: learn a token that replaces masked patch embeddings.
-        qkv_bias, qk_norm, layer_scale, drop_path, drop, attn_drop: block options
-            (``layer_scale``: LayerScale init value, None = off; ``drop_path``:
-            stochastic depth rate of the last block, linear from 0).
+        register_layout: ``prefix`` (safe, see module docstring) or ``legacy_global``.
+        slot_coords: (N, 2) patch places for the sine-cosine init (None: random).
     """
 
     def __init__(
         self,
         num_patches: int,
         in_features: int,
-        embed_dim: int = 192,
-        depth: int = 12,
-        num_heads: int = 3,
-        mlp_ratio: float = 4.0,
+        config: PatchModelConfig,
         *,
-        num_subjects: int = 8,
-        subject_embed: bool = True,
-        subject_dropout: float = 0.0,
-        next_pos_query: bool = True,
-        num_registers: int = 0,
-        register_layout: str = "prefix",
-        context_dim: int | None = None,
         causal: bool = True,
+        next_pos_query: bool = True,
         mask_token: bool = False,
-        qkv_bias: bool = False,
-        qk_norm: bool = False,
-        layer_scale: float | None = None,
-        drop_path: float = 0.0,
-        drop: float = 0.0,
-        attn_drop: float = 0.0,
+        register_layout: str = "prefix",
         slot_coords: torch.Tensor | None = None,
     ):
         super().__init__()
@@ -150,43 +99,41 @@ class Transformer(nn.Module):
             raise ConfigError(
                 f"register_layout must be one of {REGISTER_LAYOUTS}; got {register_layout!r}"
             )
-        if subject_embed and num_subjects < 1:
-            raise ConfigError(f"num_subjects must be >= 1 with subject_embed; got {num_subjects}")
-        if not 0.0 <= subject_dropout <= 1.0:
-            raise ConfigError(f"subject_dropout must be in [0, 1]; got {subject_dropout}")
-        D = embed_dim
+        c = config
+        D = c.embed_dim
         self.num_patches = num_patches
         self.embed_dim = D
-        self.num_heads = num_heads
-        self.num_subjects = num_subjects
-        self.subject_dropout = subject_dropout
-        self.num_registers = num_registers
+        self.num_heads = c.num_heads
+        self.num_subjects = c.num_subjects
+        self.subject_dropout = c.subject_dropout
+        self.num_registers = c.num_registers
         self.register_layout = register_layout
         self.causal = causal
 
         self.patch_embed = nn.Linear(in_features, D)
-        self.cross_embed = nn.Linear(context_dim, D) if context_dim else None
+        self.cross_embed = nn.Linear(c.context_dim, D) if c.context_dim else None
         self.group_token = nn.Parameter(torch.zeros(1, 1, D))
-        self.sub_embed = nn.Parameter(torch.zeros(num_subjects, D)) if subject_embed else None
+        self.sub_embed = nn.Parameter(torch.zeros(c.num_subjects, D)) if c.subject_embed else None
         self.pos_embed = nn.Parameter(torch.zeros(num_patches, D))
         self.next_pos_query = nn.Parameter(torch.zeros(num_patches, D)) if next_pos_query else None
         self.eos_query = nn.Parameter(torch.zeros(1, D)) if next_pos_query else None
-        self.reg_embed = nn.Parameter(torch.zeros(num_registers, D)) if num_registers else None
+        R = c.num_registers
+        self.reg_embed = nn.Parameter(torch.zeros(R, D)) if R else None
         self.mask_token = nn.Parameter(torch.zeros(D)) if mask_token else None
 
-        rates = torch.linspace(0, drop_path, depth).tolist() if depth else []
+        rates = torch.linspace(0, c.drop_path, c.depth).tolist() if c.depth else []
         self.blocks = nn.ModuleList(
             Block(
                 D,
-                num_heads,
-                mlp_ratio,
-                qkv_bias=qkv_bias,
-                qk_norm=qk_norm,
-                drop=drop,
-                attn_drop=attn_drop,
+                c.num_heads,
+                c.mlp_ratio,
+                qkv_bias=c.qkv_bias,
+                qk_norm=c.qk_norm,
+                drop=c.drop,
+                attn_drop=c.attn_drop,
                 drop_path=rate,
-                layer_scale=layer_scale,
-                cross_attn=context_dim is not None and context_dim > 0,
+                layer_scale=c.layer_scale,
+                cross_attn=bool(c.context_dim),
             )
             for rate in rates
         )
@@ -295,11 +242,15 @@ class Transformer(nn.Module):
         x: torch.Tensor,
         context: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run the blocks and the final norm over tokens x (B, T, D) -> (B, T, D).
 
         ``context`` (B, M, context_dim) feeds cross-attention. With ``cache`` the
-        tokens continue the cached sequence and are appended to it.
+        tokens continue the cached sequence and are appended to it. ``attn_mask``
+        (T, L) or (B, 1, T, L) bool (True = may attend; L = cached + new tokens)
+        replaces the causal / bidirectional pattern (e.g. one-pass queries that see
+        a prompt and themselves only).
         """
         if self.cross_embed is not None:
             if cache is not None and cache.cross:
@@ -312,9 +263,10 @@ class Transformer(nn.Module):
             raise ValueError("this model has no cross-attention (context_dim=None); got a context")
 
         T = x.shape[1]
-        attn_mask = None
         legacy = self.reg_embed is not None and self.register_layout == "legacy_global"
         if legacy:
+            if attn_mask is not None:
+                raise ValueError("legacy_global registers cannot take an attention mask")
             if cache is not None:
                 raise ValueError("legacy_global registers cannot be used with a KV cache")
             R = self.num_registers
@@ -364,50 +316,82 @@ class PatchModel(nn.Module):
     """
 
     causal: bool = False
+    config_class: ClassVar[type[PatchModelConfig]] = PatchModelConfig
 
     def __init__(
         self,
-        mask: np.ndarray | torch.Tensor,
-        *,
-        patch_size: int,
-        channels: int,
-        ordering: str | np.ndarray,
-        patch_indices: Any,
-        categorical: bool,
-        vocab_size: int,
-        input_key: str,
-        head_drop: float,
-        pos_init: str,
-        backbone: dict[str, Any],
+        config: PatchModelConfig,
+        mask: np.ndarray | torch.Tensor | None = None,
+        patch_indices: torch.Tensor | Sequence[int] | None = None,
     ):
+        """Args:
+        config: the architecture (an instance of the class's ``config_class``).
+        mask: bool (H, W) pixels with signal: the cortex mask of the data for a
+            model over maps (required); None for an image model (the full
+            ``image_size`` square).
+        patch_indices: a stored fixed patch order (raster indices of the kept
+            patches, see :class:`~boldgpt.patching.MaskedPatchify`); replaces
+            ``config.ordering``.
+        """
         super().__init__()
-        if pos_init not in POS_INIT:
-            raise ConfigError(f"pos_init must be one of {POS_INIT}; got {pos_init!r}")
-        self.patchify = MaskedPatchify(mask, patch_size, channels, ordering, patch_indices)
-        self.categorical = categorical
-        self.tokenizer = KMeansTokenizer(vocab_size, self.patchify.dim) if categorical else None
-        self.input_key = input_key
+        if not isinstance(config, self.config_class):
+            raise ConfigError(
+                f"{type(self).__name__} takes a {self.config_class.__name__}; "
+                f"got {type(config).__name__}"
+            )
+        self.config = config
+        mask = self._check_mask(config, mask)
+        self.patchify = MaskedPatchify(
+            mask, config.patch_size, config.channels, config.ordering, patch_indices
+        )
+        self.categorical = config.categorical
+        dim = self.patchify.dim
+        self.tokenizer = KMeansTokenizer(config.vocab_size, dim) if config.categorical else None
+        self.input_key = config.input_key
         self.backbone = Transformer(
             self.patchify.num_patches,
-            self.patchify.dim,
+            dim,
+            config,
             causal=self.causal,
-            slot_coords=self.slot_coords() if pos_init == "sincos" else None,
-            **backbone,
+            slot_coords=self.slot_coords() if config.pos_init == "sincos" else None,
+            **self.backbone_options(config),
         )
-        if not categorical:
+        if not config.categorical:
             # Covariance (P, P) of the residual of a continuous prediction, estimated
             # after training (boldgpt.generate.fit_residual_covariance): with the
             # predicted mean it gives the Gaussian predictive distribution that MSE
             # training implies, so samples get realistic within-patch texture.
             # Zeros until fitted.
-            self.register_buffer("residual_cov", torch.zeros(self.patchify.dim, self.patchify.dim))
-        self.head_drop = nn.Dropout(head_drop)
-        self.head = nn.Linear(
-            self.backbone.embed_dim, vocab_size if categorical else self.patchify.dim
-        )
+            self.register_buffer("residual_cov", torch.zeros(dim, dim))
+        self.head_drop = nn.Dropout(config.head_drop)
+        self.head = nn.Linear(config.embed_dim, config.vocab_size if config.categorical else dim)
         _trunc_normal_(self.head.weight)
         nn.init.zeros_(self.head.bias)
-        self.config: dict[str, Any] = {"name": type(self).__name__.lower(), "kwargs": {}}
+
+    @classmethod
+    def backbone_options(cls, config: PatchModelConfig) -> dict[str, Any]:
+        """The family's fixed :class:`Transformer` options (``next_pos_query``,
+        ``mask_token``, ``register_layout``) for ``config``."""
+        return {}
+
+    @staticmethod
+    def _check_mask(config: PatchModelConfig, mask: Any) -> Any:
+        if config.is_image_model:
+            size = (config.image_size, config.image_size)
+            if mask is None:
+                return torch.ones(size, dtype=torch.bool)
+            if tuple(mask.shape) != size:
+                raise ConfigError(
+                    f"an image model with image_size={config.image_size} needs a {size} mask "
+                    f"(or none); got {tuple(mask.shape)}"
+                )
+            return mask
+        if mask is None:
+            raise ConfigError(
+                "a model over maps needs the cortex mask of its data: pass mask= (a bool "
+                "(H, W) array; create_model also takes a .npy path or a name such as 'sim')"
+            )
+        return mask
 
     @property
     def num_patches(self) -> int:
@@ -427,10 +411,6 @@ class PatchModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.head.weight.device
-
-    def param_groups(self, weight_decay: float) -> list[dict]:
-        """AdamW groups: decay linear weights only (see :func:`layers.param_groups`)."""
-        return param_groups(self, weight_decay)
 
     def predict(self, hidden: torch.Tensor) -> torch.Tensor:
         """Head over backbone outputs (B, T, D) -> (B, T, C)."""
@@ -468,8 +448,9 @@ class PatchModel(nn.Module):
         """Validate a prepared batch; return (maps, subject_id or None).
 
         Raises DataError naming the key and what was expected for: a missing key,
-        uint8 or non-float maps, a wrong shape, NaN/Inf, bad or out-of-range subject
-        ids.
+        uint8 or non-float maps, a wrong shape, bad subject ids; and for NaN/Inf
+        values and out-of-range subject ids where reading values costs no device sync
+        (see :mod:`boldgpt.models.checks`).
         """
         if not isinstance(batch, Mapping):
             raise ValueError(
@@ -500,9 +481,8 @@ class PatchModel(nn.Module):
                 f"batch[{key!r}] must have shape (B, {', '.join(map(str, expected))}); "
                 f"got {tuple(x.shape)}"
             )
-        if not torch.compiler.is_compiling() and not torch.isfinite(x).all():
-            bad = int((~torch.isfinite(x)).sum())
-            raise DataError(f"batch[{key!r}] contains {bad} NaN/Inf values")
+        if value_checks_enabled(x):
+            check_finite(x, key)
         return x.shape[0]
 
     def check_subject(
@@ -516,7 +496,7 @@ class PatchModel(nn.Module):
             if require:
                 raise DataError("batch has no 'subject_id' (B,) int64; this model needs it")
             return None
-        sid = torch.as_tensor(subject_id, device=self.device)
+        sid = torch.as_tensor(subject_id)
         if sid.ndim == 0:
             sid = sid.expand(batch_size)
         if sid.shape != (batch_size,) or sid.is_floating_point() or sid.dtype == torch.bool:
@@ -524,14 +504,10 @@ class PatchModel(nn.Module):
                 f"subject_id must be integers of shape ({batch_size},); "
                 f"got {sid.dtype} {tuple(sid.shape)}"
             )
-        if not torch.compiler.is_compiling():
-            lo, hi = int(sid.min()), int(sid.max())
-            if lo < 0 or hi >= self.num_subjects:
-                raise DataError(
-                    f"subject_id out of range: got values in [{lo}, {hi}]; this model has "
-                    f"embeddings for subjects 0..{self.num_subjects - 1}"
-                )
-        return sid.long()
+        # checked where it lies (before any transfer), so a host batch costs no sync
+        if value_checks_enabled(sid):
+            check_subject_ids(sid, self.num_subjects)
+        return sid.to(self.device).long()
 
     def prediction_maps(self, out: ModelOutput) -> torch.Tensor:
         """Maps (B, H, W) (or (B, C, H, W)) of a forward's point predictions, each
@@ -562,22 +538,3 @@ class PatchModel(nn.Module):
         if b.cross_embed is not None and context_len:
             flops += 2 * per_context * context_len + 4 * depth * T * context_len * D
         return int(flops)
-
-    def sample(
-        self,
-        batch_size: int,
-        subject_id: int | torch.Tensor | None = None,
-        use_cache: bool = True,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        """Draw ``batch_size`` new maps (B, H, W) (images: (B, C, H, W)).
-
-        ``subject_id``: an int or (B,) ids, or None for the group prior. Continuous
-        models without ``noise`` are deterministic (``noise="residual"`` draws from
-        the fitted predictive distribution). Other options (order,
-        temperature, top_k, noise, noise_scale, context, generator, num_steps) are those of
-        :func:`boldgpt.generate.sample`.
-        """
-        from boldgpt.generate import sample
-
-        return sample(self, batch_size, subject_id=subject_id, use_cache=use_cache, **kwargs)
