@@ -252,7 +252,15 @@ def test_bad_parameters(tiny, tmp_path):
 
 
 def test_cli_cache(tiny, tmp_path, capsys):
-    args = ["data", "cache", str(tiny.root), "--cache-root", str(tmp_path), "--no-progress"]
+    args = [
+        "data",
+        "cache",
+        "--source",
+        str(tiny.root),
+        "--cache-root",
+        str(tmp_path),
+        "--no-progress",
+    ]
     assert main([*args, "--splits", "val", "--subjects", "subj02"]) == 0
     out = capsys.readouterr().out.splitlines()
     n = int(((tiny.column("train", "subject_id") == 1) & tiny.column("train", "shared1000")).sum())

@@ -294,7 +294,10 @@ def test_real_simulator_output_loads_through_the_same_loader(tmp_path, monkeypat
 
 def test_cli_inspect(tiny, tmp_path, capsys):
     out = tmp_path / "ex.png"
-    assert main(["data", "inspect", str(tiny.root), "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(["data", "inspect", "--source", str(tiny.root), "--out", str(out), "--no-progress"])
+        == 0
+    )
     text = capsys.readouterr().out
     n_val = int(tiny.column("train", "shared1000").sum())
     n_train = len(tiny.rows["train"]) - n_val
@@ -303,18 +306,19 @@ def test_cli_inspect(tiny, tmp_path, capsys):
     assert "subjects: 3 (subj01, subj02, subj03)" in text
     with Image.open(out) as im:
         assert im.format == "PNG" and im.size[0] > 500
-    assert main(["data", "inspect", str(tmp_path / "missing")]) == 2
+    assert main(["data", "inspect", "--source", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
 def test_inspect_counts_patches_of_the_real_mask(tiny, nsd_mask, tmp_path):
-    from boldgpt.cli.data import inspect_source
+    from boldgpt.data.inspect import inspect_source
+    from boldgpt.patching import num_patches
 
     np.save(tmp_path / "nsd_mask.npy", nsd_mask)
     info = inspect_source(str(tiny.root), mask_file=tmp_path / "nsd_mask.npy", progress=False)
-    assert int(info["mask"].sum()) == 18_577  # SPEC section 2
-    assert info["patches"][10] == (253, 126)
-    assert info["patches"][16][0] == 114
+    assert int(info.mask.sum()) == 18_577  # SPEC section 2
+    assert num_patches(info.mask, 10) == (253, 126)
+    assert num_patches(info.mask, 16)[0] == 114
 
 
 def test_reading_data_and_building_models_import_no_heavy_or_simulator_modules():

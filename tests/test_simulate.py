@@ -461,6 +461,10 @@ def test_cli(ci, tmp_path, capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["simulate", "x", "--subjects", "one"])
     assert parser.parse_args(["simulate", "x", "--subjects", "0,2"]).subjects == [0, 2]
+    assert parser.parse_args(["simulate", "x", "--subjects", "subj01,subj03"]).subjects == [0, 2]
+    assert parser.parse_args(["simulate", "x", "--num-subjects", "3"]).num_subjects == 3
+    with pytest.raises(SystemExit):  # a list of subjects or a count, not both
+        parser.parse_args(["simulate", "x", "--subjects", "0", "--num-subjects", "3"])
     # The session's ci dataset has these parameters: reused, summarized, drawn.
     fig = tmp_path / "sim.png"
     args = parser.parse_args(["simulate", str(ci), "--preset", "ci", "--no-progress",

@@ -41,7 +41,7 @@ def test_cli_fits_and_writes_a_loadable_vocabulary_and_picture(tmp_path, monkeyp
     out = tmp_path / "vocab.safetensors"
     code = main(
         [
-            "fit-vocab", str(tiny.root), "--out", str(out), "--vocab-size", "16",
+            "fit-vocab", "--source", str(tiny.root), "--out", str(out), "--vocab-size", "16",
             "--patch-size", "4", "--maps", "50", "--no-progress",
         ]
     )  # fmt: skip

@@ -6,21 +6,19 @@ from __future__ import annotations
 import argparse
 import importlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-SOURCE_HELP = (
-    "data source: 'sim:<preset>' (embedded simulated dataset, generated on first use, e.g. "
-    "sim:ci, sim:demo), a local directory in the NSD-Flat hub layout (data/train-*.parquet, "
-    "data/test-*.parquet), or a hub id such as clane9/NSD-Flat (needs network). "
-    "Default: %(default)s"
-)
-SUBJECTS_HELP = "subjects to keep: names (subj01 subj02) or 0-based subject_id values (0 1)"
+from boldgpt.cli.options import add_source, add_subjects
+
+if TYPE_CHECKING:
+    from boldgpt.data.inspect import SourceSummary
+
+PATCH_SIZES = (10, 16)
+"""Patch sides (pixels) whose counts ``inspect`` prints."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``data`` command group and its subcommands."""
-    from boldgpt.data.nsd_flat import DEFAULT_SOURCE
-
     group = subparsers.add_parser(
         "data",
         help="inspect, cache or simulate NSD-Flat data",
@@ -39,8 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "quick even for the full dataset."
         ),
     )
-    p.add_argument("source", nargs="?", default=DEFAULT_SOURCE, help=SOURCE_HELP)
-    p.add_argument("--subjects", nargs="+", metavar="S", help=SUBJECTS_HELP)
+    add_source(p)
+    add_subjects(p)
     p.add_argument("--mask-file", type=Path, help="a mask (.npy bool 215x200, or PNG) to use")
     p.add_argument("--out", type=Path, help="PNG of examples (default: ./<source>_examples.png)")
     p.add_argument("--examples", type=int, default=6, help="example maps to draw (default 6)")
@@ -58,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Prints the cache directory."
         ),
     )
-    p.add_argument("source", nargs="?", default=DEFAULT_SOURCE, help=SOURCE_HELP)
+    add_source(p)
     p.add_argument(
         "--splits",
         nargs="+",
@@ -66,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=["train", "val", "test"],
         help="splits to cache (default: all three)",
     )
-    p.add_argument("--subjects", nargs="+", metavar="S", help=SUBJECTS_HELP)
+    add_subjects(p)
     p.add_argument(
         "--image-size",
         type=int,
@@ -93,7 +91,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _cache(args: argparse.Namespace) -> int:
     from boldgpt.data.cache import build_cache, cache_path, check_cache
-    from boldgpt.data.nsd_flat import resolve_source
+    from boldgpt.data.sources import resolve_source
 
     src = resolve_source(args.source, progress=not args.no_progress)
     params = {"splits": args.splits, "subjects": args.subjects, "image_size": args.image_size}
@@ -128,85 +126,39 @@ def _cache(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- inspect
 
 
-def inspect_source(
-    source: str,
-    *,
-    subjects: list[str] | None = None,
-    mask_file: Path | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Counts and mask statistics of a source (what ``boldgpt data inspect`` prints)."""
-    import numpy as np
-
-    from boldgpt.data.nsd_flat import SPLITS, index_split, load_mask, resolve_source
-    from boldgpt.patching import num_patches
-
-    src = resolve_source(source, progress=progress)
-    indexes = {}
-    for split in SPLITS:
-        if src.files["train" if split != "test" else "test"]:
-            indexes[split] = index_split(src, split, subjects)
-    sids = sorted({int(s) for ix in indexes.values() for s in np.unique(ix.meta["subject_id"])})
-    trials = {
-        split: {s: int((ix.meta["subject_id"] == s).sum()) for s in sids}
-        for split, ix in indexes.items()
-    }
-    stimuli = {split: int(len(np.unique(ix.meta["nsd_id"]))) for split, ix in indexes.items()}
-    if mask_file is not None:
-        mask_from = str(mask_file)
-    elif (src.root / "mask.npy").exists():
-        mask_from = str(src.root / "mask.npy")
-    else:
-        mask_from = "the maps (estimated: pixels that are not constant background)"
-    mask = load_mask(src, mask_file, progress=progress)
-    patches = {p: num_patches(mask, p) for p in (10, 16)}
-    return {
-        "source": src,
-        "indexes": indexes,
-        "subjects": sids,
-        "trials": trials,
-        "stimuli": stimuli,
-        "mask": mask,
-        "mask_from": mask_from,
-        "patches": patches,
-    }
-
-
 def _inspect(args: argparse.Namespace) -> int:
     from boldgpt.data import schema
+    from boldgpt.data.inspect import inspect_source
+    from boldgpt.patching import num_patches
 
     info = inspect_source(
-        args.source,
-        subjects=args.subjects,
-        mask_file=args.mask_file,
-        progress=not args.no_progress,
+        args.source, subjects=args.subjects, mask_file=args.mask_file, progress=not args.no_progress
     )
-    src = info["source"]
+    src = info.source
     print(f"source: {src.spec} ({src.kind}: {src.root})")
     for hub_split, files in src.files.items():
         size = sum(f.stat().st_size for f in files)
         print(f"  hub split {hub_split}: {len(files)} shard(s), {size / 1e6:,.1f} MB")
-    names = ", ".join(schema.subject_name(s) for s in info["subjects"])
-    print(f"subjects: {len(info['subjects'])} ({names})")
+    names = ", ".join(schema.subject_name(s) for s in info.subjects)
+    print(f"subjects: {len(info.subjects)} ({names})")
 
-    splits = list(info["trials"])
-    header = f"{'trials':<10}" + "".join(f"{s:>10}" for s in splits) + f"{'total':>10}"
-    print(header)
-    for s in info["subjects"]:
-        counts = [info["trials"][split][s] for split in splits]
+    splits = list(info.trials)
+    print(f"{'trials':<10}" + "".join(f"{s:>10}" for s in splits) + f"{'total':>10}")
+    for s in info.subjects:
+        counts = [info.trials[split][s] for split in splits]
         cells = "".join(f"{c:>10,}" for c in counts)
         print(f"  {schema.subject_name(s):<8}{cells}{sum(counts):>10,}")
-    totals = [sum(info["trials"][split].values()) for split in splits]
+    totals = [sum(info.trials[split].values()) for split in splits]
     print(f"  {'all':<8}" + "".join(f"{c:>10,}" for c in totals) + f"{sum(totals):>10,}")
-    stim = ", ".join(f"{split} {n:,}" for split, n in info["stimuli"].items())
-    print(f"unique stimuli: {stim}")
+    print("unique stimuli: " + ", ".join(f"{split} {n:,}" for split, n in info.stimuli.items()))
 
-    mask = info["mask"]
+    mask = info.mask
     print(
         f"mask: {int(mask.sum()):,} of {mask.size:,} pixels ({100 * mask.mean():.1f}%), "
-        f"from {info['mask_from']}"
+        f"from {info.mask_from}"
     )
-    for p, (touched, interior) in info["patches"].items():
+    for p in PATCH_SIZES:
+        touched, interior = num_patches(mask, p)
         print(f"  {p:>2} px patches: {touched} touched, {interior} fully inside")
 
     out = args.out or Path(f"{src.name}_examples.png")
@@ -215,42 +167,20 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_examples(info: dict[str, Any], out: Path, count: int) -> int:
-    """Draw ``count`` trials spread evenly over the first non-empty split (val first:
-    shared stimuli, seen by every subject)."""
-    import numpy as np
-    import pyarrow.parquet as pq
-
-    from boldgpt.data import schema
-    from boldgpt.data.nsd_flat import decode_activity, decode_image, read_rows
+def _write_examples(summary: SourceSummary, out: Path, count: int) -> int:
+    """Draw example maps of the source beside their stimuli; returns how many."""
+    from boldgpt.data.inspect import example_maps
     from boldgpt.viz.data import plot_examples
 
-    indexes = info["indexes"]
-    split = next((s for s in ("val", "train", "test") if s in indexes and len(indexes[s])), None)
-    if split is None or count < 1:
+    ex = example_maps(summary, count)
+    if ex is None:
         return 0
-    index = indexes[split]
-    positions = np.unique(np.linspace(0, len(index) - 1, min(count, len(index))).astype(int))
-    maps, images, titles = [], [], []
-    for i in positions.tolist():
-        path, row = index.locate(i)
-        has_image = "image" in pq.read_schema(path).names
-        values = read_rows(path, [row], ["activity", "image"] if has_image else ["activity"])
-        act = decode_activity(values["activity"][0], f"{path} row {row} column 'activity'")
-        maps.append(schema.dequantize(act))
-        images.append(
-            decode_image(values["image"][0], f"{path} row {row} column 'image'")
-            if has_image
-            else None
-        )
-        sid, nsd = int(index.meta["subject_id"][i]), int(index.meta["nsd_id"][i])
-        titles.append(f"{schema.subject_name(sid)} nsd {nsd}")
     plot_examples(
-        np.stack(maps),
+        ex.maps,
         out,
-        images=images if any(im is not None for im in images) else None,
-        mask=info["mask"],
-        titles=titles,
-        suptitle=f"{info['source'].spec}: {split} examples",
+        images=ex.images if any(im is not None for im in ex.images) else None,
+        mask=summary.mask,
+        titles=ex.titles,
+        suptitle=f"{summary.source.spec}: {ex.split} examples",
     )
-    return len(maps)
+    return len(ex.maps)

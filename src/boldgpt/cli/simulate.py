@@ -11,6 +11,8 @@ import json
 import time
 from pathlib import Path
 
+from boldgpt.cli.options import add_subjects
+
 _DESCRIPTION = """\
 Write a simulated fMRI dataset in exactly the NSD-Flat format (same columns, PNG
 encodings, uint8 z-score convention, 215 x 200 flat maps, hub file layout
@@ -31,20 +33,8 @@ examples:
   boldgpt data simulate sim-demo
   boldgpt data simulate sim-ci --preset ci --snr 1.0 --seed 3 --figure sim-ci.png
   boldgpt data simulate sim-nsd --preset demo --design nsd_trial_metadata.parquet \\
-      --mask nsd_flat_mask.npy --subjects 0,1 --validate
+      --mask nsd_flat_mask.npy --subjects subj01,subj02 --validate
 """
-
-
-def _subjects(text: str) -> int | list[int]:
-    """``4`` (the first four subjects) or ``0,2,5`` (these 0-based ids)."""
-    try:
-        if "," not in text:
-            return int(text)
-        return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a count (e.g. 4) or comma-separated 0-based ids (e.g. 0,2,5); got {text!r}"
-        ) from None
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -71,9 +61,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="schedule table (.parquet/.csv) with columns sub, ses, trial_id, nsd_id like "
         "nsd_trial_metadata.parquet; subsampled to the preset's size (default: generated)",
     )  # fmt: skip
-    p.add_argument(
-        "--subjects", type=_subjects, metavar="N|IDS",
-        help="number of subjects (first ones) or comma-separated 0-based ids, e.g. 0,2,5",
+    subjects = p.add_mutually_exclusive_group()
+    add_subjects(subjects)
+    subjects.add_argument(
+        "--num-subjects", type=int, metavar="N",
+        help="simulate the first N subjects (default: the preset's number)",
     )  # fmt: skip
     p.add_argument(
         "--snr", type=float,
@@ -106,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         args.preset,
         mask=args.mask,
         design=args.design,
-        subjects=args.subjects,
+        subjects=args.subjects if args.subjects is not None else args.num_subjects,
         snr=args.snr,
         seed=args.seed,
         image_size=args.image_size,

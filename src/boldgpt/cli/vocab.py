@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from boldgpt.cli.options import add_source, add_subjects
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from boldgpt.data.nsd_flat import DEFAULT_SOURCE
-
     p = subparsers.add_parser(
         "fit-vocab",
         help="fit a k-means vocabulary of map patches (for categorical models)",
@@ -19,18 +19,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "picture of it (PNG, tokens laid out on a grid with similar tokens nearby)."
         ),
     )
-    p.add_argument(
-        "source",
-        nargs="?",
-        default=DEFAULT_SOURCE,
-        help="data source: sim:<preset>, a local NSD-Flat directory or a hub id "
-        "(default: %(default)s)",
-    )
+    add_source(p)
     p.add_argument("--out", type=Path, default=Path("vocab.safetensors"), help="vocabulary file")
     p.add_argument("--vocab-size", type=int, default=1024, help="number of tokens (default 1024)")
     p.add_argument("--patch-size", type=int, default=10, help="patch side in pixels (default 10)")
     p.add_argument("--maps", type=int, default=4000, help="training maps to sample (default 4000)")
-    p.add_argument("--subjects", nargs="+", metavar="S", help="subjects to use (default: all)")
+    add_subjects(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (sampling and k-means)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_fit_vocab)
