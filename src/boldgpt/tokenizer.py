@@ -136,7 +136,11 @@ def load_tokenizer(path: str | os.PathLike) -> tuple[KMeansTokenizer, dict[str, 
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"vocabulary file not found: {path}")
-    with safe_open(path, "pt") as f:
+    try:
+        f = safe_open(path, "pt")
+    except Exception as exc:  # not safetensors (e.g. a pickle): never unpickled
+        raise CheckpointError(f"{path} is not a safetensors vocabulary file ({exc})") from exc
+    with f:
         meta = f.metadata() or {}
         if meta.get("format") != "boldgpt.KMeansTokenizer" or "vocab" not in f.keys():  # noqa: SIM118
             raise CheckpointError(

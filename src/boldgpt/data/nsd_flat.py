@@ -221,6 +221,18 @@ def index_split(
                 raise DataError(f"{path} row {row}: column {name!r} is missing (null)")
             dtype = np.bool_ if name == "shared1000" else np.int64
             chunks[name].append(col.to_numpy().astype(dtype, copy=False))
+        # ids index subject embeddings and stimuli: out of range fails here, by row
+        for name, top in (
+            ("subject_id", schema.NUM_NSD_SUBJECTS),
+            ("nsd_id", schema.NUM_NSD_IMAGES),
+        ):
+            ids = chunks[name][-1]
+            bad = np.flatnonzero((ids < 0) | (ids >= top))
+            if len(bad):
+                raise DataError(
+                    f"{path} row {int(bad[0])}: {name} {int(ids[bad[0]])} is out of range "
+                    f"({len(bad)} such rows); expected 0..{top - 1}"
+                )
         offsets.append(offsets[-1] + table.num_rows)
     meta = {c: np.concatenate(v) for c, v in chunks.items()}
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from boldgpt.data import schema
+from boldgpt.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -30,6 +31,12 @@ def dequantize(activity: torch.Tensor) -> torch.Tensor:
         # numpy asks for huge pages, so fresh memory costs fewer page faults, and its
         # single-threaded loops do not fight the training threads for cores).
         return torch.from_numpy(schema.dequantize(activity.numpy()))
+    return dequantize_torch(activity)
+
+
+def dequantize_torch(activity: torch.Tensor) -> torch.Tensor:
+    """The torch form of :func:`dequantize`, run on ``activity``'s own device (the path
+    of GPU batches); bit-identical to the numpy form and testable on the CPU."""
     z = activity.to(torch.float32).mul_(float(schema.DEQUANT_SCALE))
     return z.sub_(schema.VMAX)
 
@@ -86,6 +93,15 @@ def _prepare_activity(
         # Copy uint8 (4x fewer bytes), convert on the device.
         return dequantize(activity.to(device, non_blocking=non_blocking))
     if activity.is_floating_point():
+        if activity.device.type == "cpu":  # free on the host; on a GPU it would sync
+            bad = ~torch.isfinite(activity)
+            if bool(bad.any()):
+                where = bad.reshape(-1, *schema.MAP_SHAPE).flatten(1).any(1).nonzero()
+                raise DataError(
+                    f"activity map {int(where[0])} (of {len(where)} bad maps) holds "
+                    f"{int(bad.sum())} NaN/Inf values; expected finite z-values "
+                    "(set pixels outside the mask or unobserved ones to 0)"
+                )
         return activity.to(device, non_blocking=non_blocking)
     raise ValueError(f"activity must be uint8 (raw) or float (z-values); got {activity.dtype}")
 

@@ -309,8 +309,11 @@ def save_pca(pca: MaskedPCA, path: str | os.PathLike) -> None:
 
 def load_pca(path: str | os.PathLike) -> MaskedPCA:
     """Read a MaskedPCA written by :func:`save_pca`."""
-    with safe_open(os.fspath(path), "pt") as f:
-        meta = f.metadata() or {}
+    try:
+        with safe_open(os.fspath(path), "pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:  # not safetensors (e.g. a pickle): never unpickled
+        raise CheckpointError(f"{path} is not a safetensors MaskedPCA file ({exc})") from exc
     if meta.get("format") != "boldgpt.MaskedPCA":
         raise CheckpointError(
             f"{path} is not a boldgpt MaskedPCA file (metadata format={meta.get('format')!r})"

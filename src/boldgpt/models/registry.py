@@ -519,7 +519,15 @@ def _load_foreign(path: Path) -> nn.Module:
             f"{FORMAT!r}) and does not hold exactly one original checkpoint "
             f"({', '.join(CHECKPOINT_SUFFIXES)}); found {[f.name for f in files]}"
         )
-    return load_original_checkpoint(files[0])
+    try:
+        return load_original_checkpoint(files[0])
+    except CheckpointError as exc:
+        # most often a boldgpt model directory that lost its config.json
+        raise CheckpointError(
+            f"{path} is not a boldgpt model directory (no {CONFIG_FILE} with format "
+            f"{FORMAT!r}), and its {files[0].name} is not an original boldGPT checkpoint "
+            f"either: {exc}"
+        ) from exc
 
 
 def _download(hub_id: str, revision: str | None) -> Path:
