@@ -85,6 +85,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     else:
         simulate.register(sub)
 
+    from boldgpt.cli import surface  # `data flatten` and `data to-surface`
+
+    surface.register(sub)
+
 
 # --------------------------------------------------------------------------- cache
 
