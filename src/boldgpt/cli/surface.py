@@ -148,9 +148,8 @@ def _flatten(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{split} {n:,}" for split, n in summary["maps"].items())
     geo = summary["geometry"]
     print(f"maps: {counts}; subjects: {len(summary['subjects'])}")
-    print(
-        f"mask: {summary['mask_pixels']:,} pixels; placement {geo['placement']}, scale {geo['scale']:.3g}"
-    )
+    print(f"mask: {summary['mask_pixels']:,} pixels", end="; ")
+    print(f"placement {geo['placement']}, scale {geo['scale']:.3g}")
     print(args.out)
     return 0
 
