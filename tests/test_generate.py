@@ -98,9 +98,19 @@ def test_sampling_restores_training_mode():
     assert model.training
 
 
-@pytest.mark.parametrize("order", ["fixed", "random", "given"])
-@pytest.mark.parametrize("use_cache", [True, False])
-def test_prompt_patches_are_never_changed(order, use_cache):
+@pytest.mark.parametrize(
+    "order, use_cache, method",
+    [
+        ("fixed", True, "autoregressive"),
+        ("random", True, "autoregressive"),
+        ("given", True, "autoregressive"),
+        ("fixed", False, "autoregressive"),
+        ("random", False, "autoregressive"),
+        ("given", False, "autoregressive"),
+        ("fixed", True, "query"),
+    ],
+)
+def test_prompt_patches_are_never_changed(order, use_cache, method):
     model = make_igpt(categorical=True, vocab_size=8)
     maps = make_maps(model)
     patches = model.patchify(maps)
@@ -108,7 +118,15 @@ def test_prompt_patches_are_never_changed(order, use_cache):
     observed = random_observed(3, N)
     if order == "given":
         order = torch.randperm(N, generator=torch.Generator().manual_seed(9))
-    out = complete(model, patches, observed, order=order, use_cache=use_cache, temperature=2.0)
+    out = complete(
+        model,
+        patches,
+        observed,
+        order=order,
+        use_cache=use_cache,
+        temperature=2.0,
+        method=method,
+    )
     assert torch.equal(out[observed], patches[observed])
     # generated patches are vocabulary entries (here never equal to the random maps)
     vocab = model.tokenizer.vocab * model.patchify.patch_mask[:, None]  # (N, V, P)
@@ -126,7 +144,7 @@ def test_given_order_decides_what_is_generated_first():
     observed = torch.zeros(1, N, dtype=torch.bool)
     observed[0, :3] = True
     order = torch.randperm(N, generator=torch.Generator().manual_seed(2))
-    out = complete(model, patches, observed, order=order)
+    out = complete(model, patches, observed, order=order, method="autoregressive")
     first = [s for s in order.tolist() if s >= 3][0]
     with torch.no_grad():
         pred = model.decode(
@@ -134,7 +152,7 @@ def test_given_order_decides_what_is_generated_first():
         )[:, -1]
     # subject 0 was not passed to complete: group prior instead
     assert not torch.allclose(out[0, first], pred[0] * model.patchify.patch_mask[first], atol=1e-4)
-    out = complete(model, patches, observed, order=order, subject_id=0)
+    out = complete(model, patches, observed, order=order, subject_id=0, method="autoregressive")
     assert torch.allclose(out[0, first], pred[0] * model.patchify.patch_mask[first], atol=1e-5)
 
 
@@ -178,12 +196,21 @@ def test_inpaint_keeps_known_pixels_and_fills_the_rest():
     known[:, :27] = True  # cuts through a column of patches: some partly known
     holes = maps.clone()
     holes[:, ~known] = float("nan")
-    out = inpaint(model, holes, known, subject_id=torch.tensor([0, 1]), order="random")
-    assert torch.equal(out[:, known], maps[:, known])
-    unknown_inside = ~known & inside
-    assert torch.isfinite(out).all()
-    assert (out[:, unknown_inside] != 0).any()
-    assert (out[:, ~known & ~inside] == 0).all()
+    sid = torch.tensor([0, 1])
+    for method in ("query", "autoregressive"):
+        out = inpaint(model, holes, known, subject_id=sid, order="random", method=method)
+        assert torch.equal(out[:, known], maps[:, known])
+        unknown_inside = ~known & inside
+        assert torch.isfinite(out).all()
+        assert (out[:, unknown_inside] != 0).any()
+        assert (out[:, ~known & ~inside] == 0).all()
+    # the default for a shuffled model is the one-pass query
+    patches = model.patchify(torch.where(known, maps, torch.zeros(())))
+    observed = model.patchify(known.float().expand(2, -1, -1)) > 0
+    observed = (observed | ~model.patchify.patch_mask).all(-1)
+    by_query = complete(model, patches, observed, subject_id=sid, method="query")
+    expected = torch.where(known, maps, model.patchify.inverse(by_query))
+    assert torch.equal(inpaint(model, holes, known, subject_id=sid), expected)
 
 
 def test_likelihood_matches_per_patch_errors_of_the_forward_pass():
@@ -283,3 +310,79 @@ def test_residual_noise_draws_patches_with_the_stored_covariance():
     # independent noise would miss the off-diagonal structure
     off = ~torch.eye(len(want), dtype=torch.bool)
     assert torch.corrcoef(torch.stack([emp[off], want[off]]))[0, 1] > 0.9
+
+
+def first_hidden_predictions(model, patches, observed, sid, context=None) -> torch.Tensor:
+    """Reference for one-pass completion: for every sample b and hidden slot j, run the
+    full uncached model with order = (observed slots in fixed order, j, the rest) and
+    take its prediction for j (the output right after the observed patches)."""
+    B, N, P = patches.shape
+    out = patches.clone()
+    for b in range(B):
+        obs = torch.nonzero(observed[b])[:, 0].tolist()
+        for j in torch.nonzero(~observed[b])[:, 0].tolist():
+            rest = [s for s in range(N) if s != j and s not in obs]
+            order = torch.tensor([obs + [j] + rest])
+            seq = patches[b : b + 1, order[0]]
+            seq = torch.where(observed[b, order[0]][None, :, None], seq, torch.zeros_like(seq))
+            next_slots = torch.cat([order, torch.tensor([[N]])], dim=1)
+            ctx = None if context is None else context[b : b + 1]
+            with torch.no_grad():
+                pred = model.decode(seq, order, next_slots, sid[b : b + 1], ctx)
+            out[b, j] = pred[0, len(obs)] * model.patchify.patch_mask[j]
+    return out
+
+
+@pytest.mark.parametrize("extra", [dict(num_registers=2), dict(context_dim=6)])
+def test_one_pass_completion_equals_the_first_hidden_prediction_for_every_slot(extra):
+    model = make_igpt(**extra)
+    with torch.no_grad():  # move the zero-initialised tokens (registers, group) off zero
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    patches = model.patchify(make_maps(model))
+    N = model.num_patches
+    observed = random_observed(3, N)  # 0, N/3 and N/2 observed patches
+    sid = torch.tensor([0, 1, 3])
+    context = torch.randn(3, 4, 6) if "context_dim" in extra else None
+    out = complete(model, patches, observed, subject_id=sid, context=context, method="query")
+    expected = first_hidden_predictions(model, patches, observed, sid, context)
+    assert (out - expected).abs().max() <= 1e-5
+    assert torch.equal(out[observed], patches[observed])
+    # the default method of a shuffled model
+    default = complete(model, patches, observed, subject_id=sid, context=context)
+    assert torch.equal(default, out)
+
+
+def test_one_pass_completion_ignores_hidden_values():
+    model = make_igpt(num_registers=1)
+    patches = model.patchify(make_maps(model))
+    observed = random_observed(3, model.num_patches, seed=4)
+    sid = torch.tensor([0, 1, 2])
+    a = complete(model, patches, observed, subject_id=sid)
+    changed = torch.where(observed[..., None], patches, torch.full_like(patches, float("nan")))
+    b = complete(model, changed, observed, subject_id=sid)
+    assert torch.equal(a[~observed], b[~observed]) and torch.isfinite(b[~observed]).all()
+    shifted = torch.where(observed[..., None], patches, patches + 5.0)
+    c = complete(model, shifted, observed, subject_id=sid)
+    assert torch.equal(a[~observed], c[~observed])
+    # (hidden predictions differ from the autoregressive ones, which feed guesses back)
+    d = complete(model, patches, observed, subject_id=sid, method="autoregressive")
+    assert not torch.allclose(a[~observed], d[~observed], atol=1e-4)
+
+
+def test_one_pass_completion_needs_queries_and_is_not_for_beit():
+    fixed = make_igpt(shuffle=False)
+    patches = fixed.patchify(make_maps(fixed))
+    observed = random_observed(3, fixed.num_patches)
+    with pytest.raises(ValueError, match="shuffle=False or legacy registers"):
+        complete(fixed, patches, observed, method="query")
+    by_default = complete(fixed, patches, observed)  # falls back to autoregressive
+    assert torch.equal(by_default, complete(fixed, patches, observed, method="autoregressive"))
+    legacy = make_igpt(num_registers=2, legacy_registers=True)
+    with pytest.raises(ValueError, match="legacy registers"):
+        complete(legacy, patches, observed, method="query")
+    with pytest.raises(ValueError, match="method must be one of"):
+        complete(make_igpt(), patches, observed, method="parallel")
+    beit = BEiT(BEiTConfig(patch_size=10, embed_dim=32, depth=2, num_heads=4), small_mask())
+    with pytest.raises(ValueError, match="decodes in parallel"):
+        complete(beit.eval(), patches, observed, method="query")

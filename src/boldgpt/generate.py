@@ -1,14 +1,25 @@
 """Generation and scoring with boldgpt models: sampling new maps, completing partial
-maps in any order, inpainting, and per-patch likelihood.
+maps, inpainting, and per-patch likelihood. Every function takes the model.
 
-Autoregressive models (IGPT) decode one patch at a time. The observed patches of a
-completion come first in the sequence (all of them, so every generated patch sees
-them), then the remaining patches in the requested order: ``"fixed"`` (the model's
-fixed order), ``"random"``, or a given permutation of the slots. Models trained
-without next-position queries (``shuffle=False``) can only walk their fixed order;
-observed patches are then fed in place as the walk reaches them. With
-``use_cache=True`` the prompt runs once and each step feeds a single token through a
-KV cache; the result equals the uncached one to float precision.
+Completion with an autoregressive model (IGPT) has two methods:
+
+- ``"query"`` (one pass; the default for shuffled models): the observed patches run
+  once as a prompt (KV cache), then every hidden slot j is queried directly from that
+  prompt by one extra token, the prompt's last token carrying the next-position query
+  of j, which attends to the prompt and to itself only (no extra token sees
+  another). Its output is exactly what the model predicts for j when j comes first
+  after the observed patches: the model's estimate of E[patch j | observed patches]
+  (a shuffled model is trained for any observed set). Hidden patches are estimated
+  independently, never from the model's own guesses, which it never saw in training.
+- ``"autoregressive"``: decode one patch at a time, feeding each prediction (or
+  draw) back as input. The observed patches come first in the sequence, then the
+  hidden ones in the requested order: ``"fixed"`` (the model's fixed order),
+  ``"random"``, or a given permutation of the slots. Models trained without
+  next-position queries (``shuffle=False``) can only walk their fixed order;
+  observed patches are then fed in place as the walk reaches them. With
+  ``use_cache=True`` the prompt runs once and each step feeds a single token through
+  a KV cache; the result equals the uncached one to float precision. Sampling new
+  maps always decodes this way (a draw must see the patches drawn before it).
 
 Bidirectional models (BEiT) decode by iterative parallel decoding: predict all
 unknown patches, commit a share of them (cosine schedule, ``num_steps`` rounds) in
@@ -36,6 +47,8 @@ import torch.nn.functional as F
 from boldgpt.patching import permute, unpermute
 
 Order = str | torch.Tensor
+METHODS = ("query", "autoregressive")
+"""Completion methods of autoregressive models (see the module docstring)."""
 
 
 @contextlib.contextmanager
@@ -104,6 +117,7 @@ def sample(
         use_cache=use_cache,
         num_steps=num_steps,
         generator=generator,
+        method="autoregressive" if model.causal else None,
     )
     return p.inverse(out)
 
@@ -123,6 +137,7 @@ def complete(
     use_cache: bool = True,
     num_steps: int | None = None,
     generator: torch.Generator | None = None,
+    method: str | None = None,
 ) -> torch.Tensor:
     """Fill in the unobserved patches of partially observed maps.
 
@@ -131,6 +146,14 @@ def complete(
             are ignored).
         observed: (B, N) bool, True for patches given as the prompt; any set, any
             size per sample.
+        method: autoregressive models: ``"query"`` (one pass: each hidden patch
+            predicted from the observed ones only; the default for shuffled models)
+            or ``"autoregressive"`` (one patch at a time in ``order``; the default for
+            fixed-order models and models with legacy registers, which cannot be
+            queried). BEiT models decode in parallel and take None. With
+            ``"query"``, ``order`` and ``use_cache`` do not apply, and a draw
+            (``noise``, ``temperature`` > 0) draws each hidden patch from its own
+            conditional given the observed ones.
         Others: as in :func:`sample`.
 
     Returns:
@@ -161,13 +184,45 @@ def complete(
         noise=_noise_factor(model, noise, noise_scale),
         generator=generator,
     )
+    method = _check_method(model, method)
     with _inference(model):
         sid = model.check_subject(subject_id, B, require=False)
-        if model.causal:
+        if method == "query":
+            return _complete_query(model, patches, observed, sid, context, draw)
+        if method == "autoregressive":
             return _complete_autoregressive(
                 model, patches, observed, sid, order, context, use_cache, draw
             )
         return _complete_parallel(model, patches, observed, sid, order, context, num_steps, draw)
+
+
+def supports_query(model: Any) -> bool:
+    """Whether ``model`` can complete in one pass (``method="query"``): a causal model
+    with next-position queries and a KV cache (not legacy global registers)."""
+    return bool(
+        model.causal and model.backbone.has_next_pos_query and model.backbone.supports_cache
+    )
+
+
+def _check_method(model: Any, method: str | None) -> str | None:
+    """The completion method to use: ``method``, or the model's default."""
+    if not model.causal:
+        if method is not None:
+            raise ValueError(
+                f"method={method!r} applies to autoregressive models; a bidirectional "
+                "(BEiT) model decodes in parallel: pass method=None"
+            )
+        return None
+    if method is None:
+        return "query" if supports_query(model) else "autoregressive"
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS} or None; got {method!r}")
+    if method == "query" and not supports_query(model):
+        raise ValueError(
+            "method='query' needs next-position queries and a KV cache: this model was "
+            "built with shuffle=False or legacy registers; use method='autoregressive'"
+        )
+    return method
 
 
 def inpaint(
@@ -186,10 +241,12 @@ def inpaint(
             NaN included.
         known: bool, (H, W) or the shape of ``maps`` (or (B, H, W) for images): the
             pixels to keep.
-        subject_id, order, **kwargs: as in :func:`sample`.
+        subject_id, order, **kwargs: as in :func:`complete` (e.g. ``method``,
+            ``noise``).
 
     A patch whose in-mask pixels are all known is part of the prompt; the others are
-    generated, then their known pixels are pasted back.
+    generated (by default in one pass for shuffled models, see :func:`complete`),
+    then their known pixels are pasted back.
 
     Returns:
         Maps of the input's shape: the known pixels unchanged, the model's completion
@@ -323,6 +380,65 @@ def fit_residual_covariance(
     cov = (total / count).float()
     model.residual_cov.copy_(cov.to(model.residual_cov.device))
     return cov
+
+
+# ---- one-pass completion -----------------------------------------------------------
+
+
+def _complete_query(
+    model: Any,
+    patches: torch.Tensor,
+    observed: torch.Tensor,
+    subject_id: torch.Tensor | None,
+    context: torch.Tensor | None,
+    draw: dict[str, Any],
+) -> torch.Tensor:
+    """Every hidden slot predicted from the observed patches alone, in one pass.
+
+    Sequence per sample b with k_b observed patches (observed slots first, in fixed
+    order; prefix length R = num_prefix)::
+
+        prompt:  [prefix_0 .. prefix_{R-1}, obs_1 .. obs_{k_b}, (padding to K)]
+        queries: one token per slot j: (prompt token at R + k_b - 1, i.e. the last
+                 observed patch or the last prefix token) + next_pos_query[j]
+
+    A query token attends to the prompt positions before R + k_b - 1 and to itself,
+    which is exactly what that token sees when the order puts j right after the
+    observed patches; so its output is the model's prediction for j first. Each row
+    queries its last Q = N - min_b k_b slots in sequence order (all its hidden ones,
+    plus observed ones in rows with more observed patches, whose results are
+    discarded): no per-sample loop.
+    """
+    B, N, P = patches.shape
+    b = model.backbone
+    R = b.num_prefix
+    # hidden values are zeroed so that nothing can depend on them, even through
+    # masked attention (0 x NaN would still be NaN)
+    clean = torch.where(observed[..., None], patches, torch.zeros_like(patches))
+    slots = torch.arange(N, device=patches.device).expand(B, N)
+    seq_order = torch.where(observed, slots - N, slots).argsort(dim=1)
+    count = observed.sum(dim=1)  # (B,)
+    K, Q = int(count.max()), N - int(count.min())
+    if Q == 0:
+        return patches.clone()
+    seq = permute(clean, seq_order)
+    next_slots = torch.cat([seq_order, seq_order.new_full((B, 1), N)], dim=1)
+    cache = b.init_cache(R + K + Q)
+    prompt = (seq[:, :K], seq_order[:, :K], next_slots[:, : K + 1])
+    model.decode(*prompt, subject_id, context, cache, num_outputs=1)
+
+    tokens = torch.cat([b.prefix(subject_id, B), b.embed_patches(*prompt[:2])], dim=1)
+    last = R + count - 1  # (B,) the prompt position whose output predicts "next"
+    query_slots = seq_order[:, N - Q :]  # (B, Q)
+    x = tokens[torch.arange(B, device=tokens.device), last][:, None] + b.queries(query_slots)
+    sees_prompt = torch.arange(R + K, device=last.device) < last[:, None]  # (B, R + K)
+    itself = torch.eye(Q, dtype=torch.bool, device=last.device).expand(B, Q, Q)
+    attn_mask = torch.cat([sees_prompt[:, None].expand(B, Q, R + K), itself], dim=2)
+    h = b(x, context, cache, attn_mask=attn_mask[:, None])
+    pred = model.predict(h)  # (B, Q, C)
+    values = _draw(model, pred.flatten(0, 1), query_slots.flatten(), **draw).view(B, Q, P)
+    out = clean.scatter(1, query_slots[..., None].expand(B, Q, P), values.to(clean.dtype))
+    return torch.where(observed[..., None], patches, out)
 
 
 # ---- autoregressive decoding -------------------------------------------------------
