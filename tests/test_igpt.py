@@ -250,3 +250,50 @@ def test_sincos_init_makes_nearby_slots_alike():
     assert random.std() < 0.03 and not torch.allclose(random, pos)
     with pytest.raises(ConfigError, match="pos_init"):
         make_model(pos_init="learned")
+
+
+def test_value_checks_skip_device_tensors_unless_debugging(monkeypatch):
+    """NaN and subject-range checks read values: free on CPU, a host-device sync on
+    CUDA. Pretend the tensors live on a device (no GPU needed)."""
+    from boldgpt.models import checks
+
+    model = make_model()
+    batch = make_batch(model)
+    batch["activity"][0, 3, 3] = float("nan")
+    with pytest.raises(DataError, match="NaN"):
+        model(batch)  # host tensors: always checked
+    monkeypatch.setattr(checks, "DEBUG", False)
+    monkeypatch.setattr(checks, "syncs_device", lambda t: True)
+    out = model(batch)  # no check, no sync: the NaN flows through
+    assert torch.isnan(out.loss)
+    assert model.check_subject(torch.tensor([0, 9, 1]), 3) is not None  # not range-checked
+    monkeypatch.setattr(checks, "DEBUG", True)
+    with pytest.raises(DataError, match="NaN"):
+        model(batch)
+    with pytest.raises(DataError, match=r"\[0, 9\].*subjects 0\.\.3"):
+        model.check_subject(torch.tensor([0, 9, 1]), 3)
+
+
+def test_check_subject_ids_on_the_host_batch():
+    from boldgpt.models.checks import check_subject_ids
+
+    check_subject_ids(torch.tensor([0, 3, 1]), 4)
+    check_subject_ids([2, 2], 3)
+    with pytest.raises(DataError, match=r"out of range: got values in \[-1, 2\]"):
+        check_subject_ids(torch.tensor([2, -1]), 4)
+    with pytest.raises(DataError, match=r"subjects 0\.\.3"):
+        check_subject_ids(np.array([4]), 4)
+    with pytest.raises(DataError, match="integers"):
+        check_subject_ids(torch.tensor([0.0, 1.0]), 4)
+
+
+def test_debug_switch_comes_from_the_environment():
+    import os
+    import subprocess
+    import sys
+
+    code = "from boldgpt.models import checks; print(checks.DEBUG)"
+    for value, expected in (("1", "True"), ("0", "False"), ("", "False")):
+        env = dict(os.environ, BOLDGPT_DEBUG=value)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert out.stdout.strip() == expected, out.stderr

@@ -154,3 +154,33 @@ def test_param_groups_decay_only_linear_weights():
     ):
         assert n in plain, n
     assert "blocks.0.attn.q.weight" in decayed and "patch_embed.weight" in decayed
+
+
+def test_param_groups_work_for_any_module_by_type():
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 4)
+            self.embed = nn.Embedding(10, 8)
+            self.norm = nn.BatchNorm2d(8)
+            self.attn = nn.MultiheadAttention(8, 2)
+            self.cls_token = nn.Parameter(torch.zeros(1, 8))
+            self.fc = nn.Linear(8, 4)
+            self.tied = self.fc  # a shared module: its parameters count once
+
+    model = Encoder()
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = sorted(names[id(p)] for p in decay["params"])
+    plain = sorted(names[id(p)] for p in no_decay["params"])
+    assert decayed == ["attn.in_proj_weight", "attn.out_proj.weight", "conv.weight", "fc.weight"]
+    assert plain == [
+        "attn.in_proj_bias",
+        "attn.out_proj.bias",
+        "cls_token",
+        "conv.bias",
+        "embed.weight",
+        "fc.bias",
+        "norm.bias",
+        "norm.weight",
+    ]
