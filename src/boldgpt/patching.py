@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-ORDERINGS = ("raster", "radial", "reverse_radial", "random")
+ORDERINGS = ("raster", "radial", "reverse_radial", "radial_original", "random")
 ORDER_MIX_KINDS = ("random", "outward", "hemisphere")
 """Kinds of per-sample training orders :func:`mixed_orders` draws (see there)."""
 RANDOM_ORDER_SEED = 0
@@ -38,8 +38,13 @@ class MaskedPatchify(nn.Module):
         channels: values per pixel (1 for BOLD maps, 3 for RGB images).
         ordering: the fixed order of the kept patches: ``raster``; ``radial`` (by the
             distance of the patch centre from the mask centroid, nearest first);
-            ``reverse_radial``; ``random`` (a fixed seed); or a float (H, W) priority
-            map, patches ordered by the mean priority of their in-mask pixels,
+            ``reverse_radial``; ``radial_original`` (the original boldGPT's radial
+            priority: the mean distance from the centroid over the patch's p x p pixels
+            of the zero-padded canvas, so padding pixels count as distance 0 and
+            patches on a padded border come earlier than their centre says; on the
+            NSD-Flat mask (2 rows of padding on top, 3 below) 46 of the 253 positions
+            differ from ``radial``); ``random`` (a fixed seed); or a float (H, W)
+            priority map, patches ordered by the mean priority of their in-mask pixels,
             lowest first.
         patch_indices: the kept patches as raster indices into the padded patch grid,
             already in their fixed order. Given, it replaces ``ordering`` (used to
@@ -125,9 +130,17 @@ class MaskedPatchify(nn.Module):
             return np.arange(n)
         if ordering == "random":
             return np.random.default_rng(RANDOM_ORDER_SEED).permutation(n)
-        if ordering in ("radial", "reverse_radial"):
+        if ordering in ("radial", "reverse_radial", "radial_original"):
             ys, xs = torch.nonzero(mask, as_tuple=True)
             cy, cx = ys.float().mean().item(), xs.float().mean().item()
+            if ordering == "radial_original":
+                yy, xx = torch.meshgrid(
+                    torch.arange(self.height, dtype=torch.float64),
+                    torch.arange(self.width, dtype=torch.float64),
+                    indexing="ij",
+                )
+                dist_map = torch.hypot(yy - cy, xx - cx)[None, None]
+                return self._to_all_patches(dist_map)[0][touched].mean(1).numpy()
             left, _, top, _ = self.padding
             p = self.patch_size
             rows, cols = touched // self.grid[1], touched % self.grid[1]
@@ -142,6 +155,22 @@ class MaskedPatchify(nn.Module):
     def interior(self) -> torch.Tensor:
         """(N,) bool: patches that lie fully inside the mask."""
         return self.patch_mask.all(dim=1)
+
+    def patch_centres(self) -> torch.Tensor:
+        """(N, 2) float64 (row, column) of every kept patch's centre in map pixel
+        coordinates, in the fixed order."""
+        left, _, top, _ = self.padding
+        p = self.patch_size
+        idx = self.patch_indices.cpu()
+        rows, cols = idx // self.grid[1], idx % self.grid[1]
+        return torch.stack(
+            [rows.double() * p + (p - 1) / 2 - top, cols.double() * p + (p - 1) / 2 - left], 1
+        )
+
+    def midline(self) -> float:
+        """The column that splits the map into its two hemispheres: the mean column of
+        the mask's pixels."""
+        return float(self.mask.nonzero()[:, 1].double().mean())
 
     def _as_bchw(self, maps: torch.Tensor) -> tuple[torch.Tensor, bool]:
         squeeze = maps.ndim == 3
@@ -251,3 +280,60 @@ def permute(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
 def unpermute(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     """Undo :func:`permute`: ``unpermute(permute(x, order), order) == x``."""
     return permute(x, order.argsort(dim=-1))
+
+
+def mixed_orders(
+    batch_size: int,
+    centres: torch.Tensor,
+    mix: dict[str, float],
+    *,
+    midline: float | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Per-sample training orders (B, N) from a mixture of kinds (no loop over samples).
+
+    Each sample draws its kind with probability ``mix[kind]`` (weights of
+    :data:`ORDER_MIX_KINDS`, normalised):
+
+    - ``random``: a uniformly random permutation;
+    - ``outward``: outward from a random centre slot, by distance (ties in random
+      order): every prefix of the order is a contiguous disc-like region;
+    - ``hemisphere``: the slots on one side of ``midline`` (a random side), then the
+      other side, each in random order.
+
+    Args:
+        centres: (N, 2) (row, column) of every slot (e.g.
+            :meth:`MaskedPatchify.patch_centres`).
+        midline: the column between the hemispheres (default: the mean column of
+            ``centres``).
+        generator: RNG (default: torch's global RNG); ``device``: of the result.
+    """
+    kinds = [k for k in ORDER_MIX_KINDS if mix.get(k, 0) > 0]
+    unknown = sorted(set(mix) - set(ORDER_MIX_KINDS))
+    if unknown or not kinds:
+        raise ValueError(f"mix must weigh some of {ORDER_MIX_KINDS}; got {mix!r}")
+    N = centres.shape[0]
+    centres = centres.to(device=device, dtype=torch.float64)
+    weights = torch.tensor([float(mix[k]) for k in kinds], dtype=torch.float64, device=device)
+    kind = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
+    keys = torch.zeros(batch_size, N, dtype=torch.float64, device=device)  # random: all tie
+    if "outward" in kinds:
+        start = torch.randint(N, (batch_size,), generator=generator, device=device)
+        dist = (centres[None] - centres[start][:, None]).square().sum(-1)  # (B, N)
+        keys = torch.where((kind == kinds.index("outward"))[:, None], dist, keys)
+    if "hemisphere" in kinds:
+        mid = float(centres[:, 1].mean()) if midline is None else midline
+        left = (centres[:, 1] < mid).double()  # (N,)
+        first_left = torch.rand(batch_size, 1, generator=generator, device=device) < 0.5
+        side = torch.where(first_left, 1.0 - left, left)  # 0 for the side shown first
+        keys = torch.where((kind == kinds.index("hemisphere"))[:, None], side, keys)
+    return _argsort_random_ties(keys, generator)
+
+
+def _argsort_random_ties(keys: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """argsort of each row of ``keys`` (B, N), ties broken uniformly at random: sort a
+    random permutation of the row stably, then map back."""
+    shuffle = torch.rand(keys.shape, generator=generator, device=keys.device).argsort(dim=1)
+    idx = torch.gather(keys, 1, shuffle).argsort(dim=1, stable=True)
+    return torch.gather(shuffle, 1, idx)
