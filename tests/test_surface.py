@@ -390,3 +390,21 @@ def test_unknown_format_and_missing_files_name_the_file(tmp_path):
 def test_to_surface_rejects_maps_of_the_wrong_shape(geometry):
     with pytest.raises(DataError, match=r"maps of shape \(2, 200, 215\)"):
         maps_to_surface(np.zeros((2, 200, 215), np.float32), geometry)
+
+
+def test_calcarine_sits_where_anatomy_puts_it(geometry):
+    from boldgpt.surface.anatomy import calcarine_check
+
+    check = calcarine_check(geometry)
+    for hemi, sign in (("left", -1), ("right", 1)):
+        c = check[hemi]
+        x, y, z = c["cut_pial_centroid_mm"]
+        # the flattening's occipital cut runs along the medial occipital surface at the
+        # height of the calcarine sulcus ...
+        assert 5 < sign * x < 20 and -95 < y < -70 and -5 < z < 15
+        # ... through deep cortex ...
+        assert c["cut_sulc_percentile"] > 70
+        # ... between the cuneus (above) and the lingual gyrus (below) on the canvas,
+        assert c["cuneus_canvas_y_mm"] > c["cut_canvas_mm"][1] > c["lingual_canvas_y_mm"]
+        # near the midline, on the hemisphere's own side
+        assert 0 < sign * c["cut_canvas_mm"][0] < 30

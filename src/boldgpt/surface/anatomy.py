@@ -1,0 +1,159 @@
+"""Real anatomy on the flat canvas: the calcarine check and the README figure.
+
+**Where the calcarine sulcus is.** FreeSurfer's flat patch of fsaverage5 (the one nilearn
+ships) is cut along the calcarine sulcus: besides the medial wall, the only triangles of
+the closed mesh missing from the patch in occipital cortex lie on the medial surface at
+the level of the calcarine (pial z of about 5 mm, from the occipital pole at y = -100
+forward to y = -60; left centroid (-15, -81, 5) mm). So the calcarine fundus is the
+patch's cut edge, and its two banks face each other across the cut.
+:func:`calcarine_check` measures, independently of the rasterizer, that on the canvas
+
+- the cut-edge vertices are deep (their real sulcal depth is high within the ROI),
+- the cortex above the calcarine in 3-D (the cuneus: medial, pial z > 10 mm) lies above the
+  cut on the canvas and the cortex below it (the lingual gyrus: z < 0) lies below it,
+- each hemisphere's calcarine is on its own side, near the canvas midline, where the
+  occipital poles of the two hemispheres face each other (as in NSD-Flat's pycortex
+  flat map).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from boldgpt.data import schema
+from boldgpt.surface import meshes
+from boldgpt.surface.geometry import SurfaceGeometry, build_geometry
+
+CALCARINE_Y_MM = (-101.0, -60.0)
+"""Posterior extent searched for the calcarine cut (pial y, mm)."""
+
+
+def calcarine_cut(hemi: str, y_range: tuple[float, float] = CALCARINE_Y_MM) -> np.ndarray:
+    """Vertex ids (K,) on the occipital cut edge of nilearn's fsaverage5 flat patch:
+    vertices with pial y in ``y_range`` that lie on a boundary edge of the patch (an
+    edge of one patch triangle only)."""
+    _, faces = meshes.load_surface("flat", hemi)
+    pial, _ = meshes.load_surface("pial", hemi)
+    edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+    unique, count = np.unique(edges, axis=0, return_counts=True)
+    boundary = np.unique(unique[count == 1])
+    y = pial[boundary, 1]
+    return boundary[(y > y_range[0]) & (y < y_range[1])]
+
+
+def calcarine_check(geometry: SurfaceGeometry | None = None) -> dict[str, Any]:
+    """Numbers that say whether the calcarine sits where anatomy puts it (module
+    docstring), per hemisphere: the cut vertices' pial centroid (mm), their sulcal-depth
+    percentile among ROI vertices, their mean canvas position, and the mean canvas y of
+    the cuneus and of the lingual gyrus (medial occipital vertices above z = 10 mm and
+    below z = 0 mm)."""
+    geometry = geometry or build_geometry()
+    out: dict[str, Any] = {}
+    for h, hemi in enumerate(meshes.HEMIS):
+        pial, _ = meshes.load_surface("pial", hemi)
+        sulc = meshes.load_anatomy("sulc", hemi)
+        roi = np.zeros(len(pial), dtype=bool)
+        roi[np.unique(geometry.faces[h])] = True
+        cut = calcarine_cut(hemi)
+        cut = cut[roi[cut]]
+        xy = geometry.coords[h]
+        medial = np.abs(pial[:, 0]) < 15
+        occipital = roi & medial & (pial[:, 1] < -70)
+        cuneus, lingual = occipital & (pial[:, 2] > 10), occipital & (pial[:, 2] < 0)
+        out[hemi] = {
+            "cut_vertices": int(len(cut)),
+            "cut_pial_centroid_mm": pial[cut].mean(axis=0).round(1).tolist(),
+            "cut_sulc_percentile": float((sulc[roi][None, :] < sulc[cut][:, None]).mean() * 100),
+            "cut_canvas_mm": xy[cut].mean(axis=0).round(1).tolist(),
+            "cuneus_canvas_y_mm": float(xy[cuneus, 1].mean()),
+            "lingual_canvas_y_mm": float(xy[lingual, 1].mean()),
+        }
+    return out
+
+
+def anatomy_figure(out: str | os.PathLike, geometry: SurfaceGeometry | None = None) -> Path:
+    """Draw nilearn's real fsaverage5 sulcal depth, curvature and thickness flattened onto
+    the NSD-Flat canvas, with the ROI outline and the calcarine cut, beside the whole left
+    flat hemisphere with the ROI shaded. Writes a PNG; returns its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    geometry = geometry or build_geometry()
+    raster = geometry.raster
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4.8), gridspec_kw={"width_ratios": [1.25, 1, 1, 1]})
+
+    # context: the whole left flat hemisphere, the ROI shaded
+    flat, faces = meshes.load_surface("flat", "left")
+    sulc = meshes.load_anatomy("sulc", "left")
+    ax = axes[0]
+    ax.tripcolor(flat[:, 0], flat[:, 1], faces, sulc, cmap="Greys", shading="gouraud")
+    roi_faces = faces[geometry.roi[0][faces].all(axis=1)]
+    ax.triplot(flat[:, 0], flat[:, 1], roi_faces, color="tab:orange", lw=0.15, alpha=0.6)
+    ax.set_aspect("equal")
+    ax.set_title("left hemisphere, fsaverage5 flat\n(ROI: pial y < -60 mm, orange)", fontsize=10)
+    ax.set_xlabel("flat x (mm)")
+    ax.set_ylabel("flat y (mm)")
+
+    left, right, bottom, top = schema.MAP_RECT_MM
+    cuts = [calcarine_cut(h) for h in meshes.HEMIS]
+    titles = {"sulc": "sulcal depth", "curv": "curvature", "thick": "thickness (mm)"}
+    cmaps = {"sulc": "Greys", "curv": "Greys", "thick": "viridis"}
+    for ax, name in zip(axes[1:], ("sulc", "curv", "thick")):
+        values = [meshes.load_anatomy(name, h) for h in meshes.HEMIS]
+        flat_map = raster.to_flat(*values, fill=np.nan)
+        lo, hi = np.nanpercentile(flat_map, [2, 98])
+        im = ax.imshow(
+            flat_map, cmap=cmaps[name], vmin=lo, vmax=hi, extent=(left, right, bottom, top)
+        )
+        ax.contour(
+            np.flipud(raster.mask).astype(float),
+            [0.5],
+            colors="tab:orange",
+            linewidths=0.8,
+            extent=(left, right, bottom, top),
+        )
+        if name == "sulc":
+            for h, hemi in enumerate(meshes.HEMIS):
+                pts = geometry.coords[h][cuts[h][geometry.roi[h][cuts[h]]]]
+                ax.plot(
+                    pts[:, 0],
+                    pts[:, 1],
+                    ".",
+                    color="tab:red",
+                    ms=1.5,
+                    label="calcarine banks (flattening cut)" if h == 0 else None,
+                )
+                pole = np.argmin(meshes.load_surface("pial", hemi)[0][:, 1])
+                ax.plot(
+                    *geometry.coords[h][pole],
+                    "*",
+                    color="tab:red",
+                    ms=9,
+                    label="occipital pole" if h == 0 else None,
+                )
+            ax.text(-50, 60, "cuneus side", fontsize=7, ha="center", color="tab:blue")
+            ax.text(-50, -95, "lingual side", fontsize=7, ha="center", color="tab:blue")
+            ax.legend(loc="upper center", fontsize=7, framealpha=0.8, bbox_to_anchor=(0.5, -0.12))
+        ax.set_title(f"{titles[name]} on the NSD-Flat canvas", fontsize=10)
+        ax.set_xlabel("x (mm)")
+        bar = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
+        if name == "sulc":
+            bar.set_label("deep (sulci) = dark", fontsize=8)
+    axes[1].set_ylabel("y (mm)")
+    fig.suptitle(
+        f"Real fsaverage5 anatomy (nilearn) flattened: {int(raster.mask.sum()):,} pixels in the "
+        "occipital ROI (orange outline), left hemisphere on the left",
+        fontsize=11,
+    )
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
