@@ -297,3 +297,25 @@ def test_debug_switch_comes_from_the_environment():
         env = dict(os.environ, BOLDGPT_DEBUG=value)
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
         assert out.stdout.strip() == expected, out.stderr
+
+
+def test_training_orders_follow_the_configured_mix():
+    model = make_model(order_mix={"hemisphere": 2, "random": 0})
+    assert model.config.order_mix == {"hemisphere": 1.0}
+    model.train()
+    torch.manual_seed(3)
+    out = model(make_batch(model, B=8))
+    # sides by patch centre in pixels against the mask's mean column
+    centre_x = model.patchify.patch_centres()[:, 1].float()
+    left = centre_x[out.order] < model.patchify.mask.nonzero()[:, 1].double().mean()  # (B, N)
+    N, n_left = model.num_patches, left.sum(1, keepdim=True)
+    starts_left = left[:, :1]
+    shown_first = torch.arange(N) < torch.where(starts_left, n_left, N - n_left)
+    expected = torch.where(starts_left, shown_first, ~shown_first)
+    assert torch.equal(left, expected)  # one side, then the other, in every sample
+    model.eval()
+    assert torch.equal(model(make_batch(model)).order, model.fixed_order(3))
+    with pytest.raises(ConfigError, match="order_mix"):
+        make_model(order_mix={"spiral": 1.0})
+    with pytest.raises(ConfigError, match="order_mix needs shuffle"):
+        make_model(order_mix={"outward": 1.0}, shuffle=False)

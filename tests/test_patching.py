@@ -5,6 +5,7 @@ import torch
 from boldgpt.patching import (
     MaskedPatchify,
     infer_padding,
+    mixed_orders,
     num_patches,
     permute,
     random_order,
@@ -126,3 +127,40 @@ def test_permute_unpermute_roundtrip():
     assert torch.equal(permute(y, ranking), x)
     tokens = torch.randint(0, 10, (4, 9))
     assert torch.equal(unpermute(permute(tokens, order), order), tokens)
+
+
+def grid_centres(rows: int = 6, cols: int = 10) -> torch.Tensor:
+    r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+    return torch.stack([r.flatten(), c.flatten()], 1).double() * 10 + 4.5
+
+
+def test_mixed_orders_are_permutations_with_the_stated_structure():
+    centres = grid_centres()
+    N = len(centres)
+    g = torch.Generator().manual_seed(0)
+    out = mixed_orders(64, centres, {"outward": 1.0}, generator=g)
+    assert torch.equal(out.sort(1).values, torch.arange(N).expand(64, N))
+    # outward: distances from the first slot never decrease along the order
+    dist = (centres[out] - centres[out[:, :1]]).square().sum(-1)
+    assert (dist[:, 1:] >= dist[:, :-1]).all()
+    assert len(set(out[:, 0].tolist())) > 20  # random centres
+    # hemisphere: one side of the midline first, then the other
+    out = mixed_orders(64, centres, {"hemisphere": 1.0}, midline=50.0, generator=g)
+    assert torch.equal(out.sort(1).values, torch.arange(N).expand(64, N))
+    left = centres[out][..., 1] < 50.0  # (B, N)
+    assert (left[:, :30] == left[:, :1]).all() and (left[:, 30:] != left[:, :1]).all()
+    assert 10 < int(left[:, 0].sum()) < 54  # both sides come first sometimes
+
+
+def test_mixed_orders_draw_each_kind_with_its_weight():
+    centres = grid_centres()
+    g = torch.Generator().manual_seed(1)
+    out = mixed_orders(4000, centres, {"random": 1.0, "outward": 3.0}, generator=g)
+    dist = (centres[out] - centres[out[:, :1]]).square().sum(-1)
+    outward = (dist[:, 1:] >= dist[:, :-1]).all(1).float().mean().item()
+    assert abs(outward - 0.75) < 0.03  # a random permutation is (almost) never sorted
+    random_only = mixed_orders(4000, centres, {"random": 1.0}, generator=g)
+    first_pos = (random_only == 0).float().argmax(1).float()  # where slot 0 lands
+    assert abs(first_pos.mean().item() - (len(centres) - 1) / 2) < 1.0
+    with pytest.raises(ValueError, match="mix must weigh"):
+        mixed_orders(2, centres, {"spiral": 1.0})

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from boldgpt.models.config import IGPTConfig, PatchModelConfig
 from boldgpt.models.layers import KVCache
 from boldgpt.models.transformer import ModelOutput, PatchModel
-from boldgpt.patching import permute, random_order
+from boldgpt.patching import mixed_orders, permute, random_order
 
 
 class IGPT(PatchModel):
@@ -47,6 +47,16 @@ class IGPT(PatchModel):
     ):
         super().__init__(config, mask, patch_indices)
         self.shuffle = config.shuffle
+        # for spatially structured training orders (config.order_mix), in patch-grid
+        # units: integers, so casting the model (bf16) leaves them exact; not saved
+        # (derived from the mask and the order)
+        p = self.patchify
+        grid = torch.stack([p.patch_indices // p.grid[1], p.patch_indices % p.grid[1]], 1)
+        self.register_buffer("slot_grid", grid, persistent=False)
+        # the hemisphere midline (mask pixels' mean column) in grid units: a patch
+        # centre c_px = col * size + (size - 1) / 2 - left lies left of it iff col does
+        left = p.padding[0]
+        self.midline = (p.midline() + left - (p.patch_size - 1) / 2) / p.patch_size
 
     @classmethod
     def backbone_options(cls, config: PatchModelConfig) -> dict[str, Any]:
@@ -70,13 +80,26 @@ class IGPT(PatchModel):
     ) -> torch.Tensor:
         """The (B, N) order of a forward pass.
 
-        ``None``: a random order per sample while training a shuffled model (drawn
-        from torch's global RNG, or ``generator``), else the fixed order; ``"fixed"``;
-        ``"random"``; or a permutation of the N slots, (N,) or (B, N).
+        ``None``: while training a shuffled model, an order per sample drawn from
+        ``config.order_mix`` (by default uniformly random; torch's global RNG, or
+        ``generator``), else the fixed order; ``"fixed"``; ``"random"`` (uniform);
+        or a permutation of the N slots, (N,) or (B, N).
         """
         N = self.num_patches
         if order is None:
-            order = "random" if self.shuffle and self.training else "fixed"
+            if not (self.shuffle and self.training):
+                order = "fixed"
+            elif self.config.order_mix == {"random": 1.0}:
+                order = "random"
+            else:
+                return mixed_orders(
+                    batch_size,
+                    self.slot_grid,
+                    self.config.order_mix,
+                    midline=self.midline,
+                    generator=generator,
+                    device=self.device,
+                )
         if isinstance(order, str):
             if order == "fixed":
                 return self.fixed_order(batch_size)
