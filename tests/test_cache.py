@@ -270,3 +270,34 @@ def test_cli_cache(tiny, tmp_path, capsys):
     assert main([*args, "--splits", "val", "--subjects", "subj02"]) == 0
     again = capsys.readouterr().out.splitlines()
     assert again[1].startswith("reused a valid cache") and again[-1] == out[-1]
+
+
+def _subparser(parser, *names):
+    import argparse
+
+    for name in names:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = action.choices[name]
+    return parser
+
+
+def test_every_command_names_its_data_source_and_subjects_the_same_way():
+    from boldgpt.cli import build_parser
+    from boldgpt.data.sources import DEFAULT_SOURCE
+
+    root = build_parser()
+    with_subjects = [("data", "inspect"), ("data", "cache"), ("fit-vocab",), ("fit-pca",)]
+    with_source = [*with_subjects, ("generate",), ("demo",)]
+    for names in with_source:
+        p = _subparser(root, *names)
+        options = {s for a in p._actions for s in a.option_strings}
+        positionals = [a.dest for a in p._actions if not a.option_strings]
+        assert "--source" in options and "source" not in positionals, names
+        assert p.get_default("source") == DEFAULT_SOURCE, names
+        assert "hub id" in p.format_help(), names  # the forms of a source are documented
+    for names in [*with_subjects, ("generate",), ("data", "simulate")]:
+        p = _subparser(root, *names)
+        extra = ["MODEL"] if names == ("generate",) else ["OUT"] if "simulate" in names else []
+        args = p.parse_args([*extra, "--subjects", "0,subj02"])
+        assert args.subjects == [0, 1], names
+        assert "subj01,subj02" in p.format_help(), names

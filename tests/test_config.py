@@ -45,7 +45,7 @@ def test_every_model_family_has_demo_and_full_configs():
 
 
 def test_demo_command_trains_the_shipped_demo_config():
-    from boldgpt.cli.demo import demo_config
+    from boldgpt.evaluate.demo import demo_config
 
     shipped = load_config(CONFIGS / "boldgpt_cont_demo.yaml").to_dict()
     demo = demo_config(Path("x")).to_dict()

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from boldgpt.cli.demo import run_demo
+from boldgpt.evaluate.demo import run_demo
 from boldgpt.evaluate.report import format_number
 from nsd_tiny import build_tiny_nsd
 
@@ -46,12 +46,20 @@ def test_demo_pipeline_on_tiny_dataset(tmp_path, monkeypatch):
     for kind in ("fixed", "random"):
         for method in ("model", "mean map", "MaskedPCA"):
             assert np.isfinite(summary["next_patch"][kind][method]["loss"])
+    # both prompts completed by both model methods and both baselines
+    methods = {"model (query)", "model (autoregressive)", "MaskedPCA", "mean map"}
+    for how in ("left", "prefix"):
+        assert set(summary["completion_r2"][how]) == methods
+        assert all(np.isfinite(v) for v in summary["completion_r2"][how].values())
+    assert summary["num_completion_maps"] == min(128, len(val))
 
     # the report shows the numbers of summary.json and embeds its figures
     assert json.loads((out / "summary.json").read_text()) == summary
     md = (out / "report.md").read_text()
     for method in ("model", "mean map", "MaskedPCA"):
         assert format_number(fixed[method]["loss"]) in md
+    for method in methods:
+        assert format_number(summary["completion_r2"]["prefix"][method]) in md
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 5
     for name in ("samples", "completions_left", "completions_prefix", "loss", "pca"):

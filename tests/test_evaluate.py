@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from boldgpt.evaluate import metrics
+from boldgpt.evaluate import metrics, tasks
 from boldgpt.evaluate.report import Report, format_number
 from boldgpt.patching import MaskedPatchify
 
@@ -130,3 +130,60 @@ def test_format_number():
     assert format_number(0.123456) == "0.1235"
     assert format_number(0.0001234) == "1.23e-04"
     assert format_number(None) == ""
+
+
+def test_prompts_observe_the_expected_patches():
+    p = MaskedPatchify(small_mask(), 10)
+    n = p.num_patches
+    k = math.ceil(0.3 * n)
+    prefix = tasks.observed_patches(p, 3, "prefix", 0.3)
+    assert prefix.shape == (3, n) and prefix.dtype == torch.bool
+    assert prefix[:, :k].all() and not prefix[:, k:].any()  # the first 30% of the order
+    rand = tasks.observed_patches(p, 4, "random", 0.3, seed=1)
+    assert (rand.sum(1) == k).all() and not torch.equal(rand[0], rand[1])
+    assert torch.equal(rand, tasks.observed_patches(p, 4, "random", 0.3, seed=1))
+    left = tasks.observed_patches(p, 2, "left")
+    right = tasks.observed_patches(p, 2, "right")
+    assert torch.equal(left, ~right) and left.any() and right.any()
+    # every observed pixel of the left prompt lies left of every one of the right prompt
+    # (columns of the mask's pixels in observed patches)
+    cols = torch.arange(200).expand(215, 200)
+    left_px = tasks.observed_pixels(p, left)[0] & torch.from_numpy(small_mask())
+    right_px = tasks.observed_pixels(p, right)[0] & torch.from_numpy(small_mask())
+    assert cols[left_px].max() < cols[right_px].min()
+    with pytest.raises(ValueError, match="fraction must be in"):
+        tasks.observed_patches(p, 1, "prefix", 1.5)
+    with pytest.raises(ValueError, match="unknown prompt 'top'"):
+        tasks.observed_patches(p, 1, "top")
+
+
+def test_completion_scores_keep_the_prompt_and_score_hidden_pixels():
+    import boldgpt
+    from boldgpt.models.pca import MaskedPCA
+
+    mask = small_mask()
+    torch.manual_seed(0)
+    model = boldgpt.create_model(
+        "boldgpt_micro_patch10", mask=mask, embed_dim=32, depth=1, num_heads=2
+    ).eval()
+    rng = np.random.default_rng(2)
+    maps = torch.from_numpy(rng.normal(size=(5, 215, 200)).astype(np.float32))
+    train = torch.from_numpy(rng.normal(size=(40, 215, 200)).astype(np.float32))
+    pca = MaskedPCA(mask, 4).fit(train, seed=0)
+    mean = train.mean(0)
+    observed = tasks.observed_patches(model.patchify, len(maps), "left")
+    r2, done = tasks.completion_scores(
+        model, maps, torch.zeros(5, dtype=torch.long), observed, pca=pca, mean_map=mean
+    )
+    assert set(r2) == {"model (query)", "model (autoregressive)", "MaskedPCA", "mean map"}
+    obs_px = tasks.observed_pixels(model.patchify, observed).numpy() & mask
+    hidden = ~tasks.observed_pixels(model.patchify, observed).numpy() & mask
+    y = maps.numpy()[hidden]
+    for name, completion in done.items():
+        assert completion.shape == maps.shape
+        np.testing.assert_allclose(completion.numpy()[obs_px], maps.numpy()[obs_px], atol=1e-6)
+        pred = completion.numpy()[hidden]
+        expected = 1 - np.sum((pred - y) ** 2) / np.sum((y - y.mean()) ** 2)
+        assert r2[name] == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    np.testing.assert_allclose(done["mean map"].numpy()[hidden], np.broadcast_to(
+        mean.numpy(), maps.shape)[hidden], atol=1e-6)  # fmt: skip

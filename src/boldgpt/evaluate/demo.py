@@ -1,0 +1,388 @@
+"""The README demo, end to end and offline (``boldgpt demo OUT_DIR`` calls :func:`run_demo`).
+
+1. data: simulate the embedded NSD-Flat-format dataset (``sim:demo``) and cache it;
+2. train a micro shuffled-order boldGPT (continuous patches) for a FIXED number of steps
+   (:data:`DEFAULT_STEPS`; the same seed gives the same model on any machine, up to
+   float nondeterminism; only the time it takes differs);
+3. baselines: the training mean map and a MaskedPCA fitted on training maps;
+4. next-patch prediction on validation maps: in-mask MSE of the model in the fixed
+   order and in random orders, beside the mean map and MaskedPCA (same maps, same orders);
+5. completion of held-out maps from two prompts (left hemisphere; central 30% of the
+   patches): the model queried in one pass and autoregressively, beside MaskedPCA and
+   the mean map, as in-mask R² of the hidden pixels; samples and figures;
+6. ``OUT_DIR/report.md`` and ``report.html`` (figures embedded) and ``summary.json``.
+
+Running it again in the same folder reuses the cached data and the trained model
+(training resumes if it was interrupted).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from boldgpt.data.sources import DEFAULT_SOURCE
+
+DEFAULT_STEPS = 1400
+"""Training steps of the demo: ~6-7 min on 2 CPU cores (1,377 steps of 16 maps took
+6.2 min there), enough for the micro model to beat MaskedPCA on next-patch loss."""
+
+DEMO_CONFIG: dict[str, Any] = {
+    "seed": 0,
+    "data": {"source": DEFAULT_SOURCE, "batch_size": 16},
+    "model": {"name": "boldgpt_micro_patch10", "kwargs": {}},
+    "optim": {"lr": 8.0e-3, "min_lr": 1.0e-4, "weight_decay": 0.05, "warmup_steps": 100},
+    "train": {
+        "max_steps": DEFAULT_STEPS,
+        "eval_every": 200,
+        "eval_batches": 16,
+        "precision": "fp32",
+    },
+    "log": {"every": 10, "figures_every": 600, "tensorboard": True},
+    "checkpoint": {"every": 200, "keep": 2},
+}
+"""The demo's training config (also configs/boldgpt_cont_demo.yaml; a test keeps the two
+equal)."""
+
+EVAL_SEED = 1234
+"""Seed of the validation subset, the random orders and the generation draws."""
+PROMPTS = {"left": "left hemisphere observed", "prefix": "central 30% of patches observed"}
+"""Completion prompts (``boldgpt.evaluate.tasks.observed_patches``) and their labels."""
+PROMPT_FRACTION = 0.3
+
+
+def demo_config(
+    out_dir: str | os.PathLike,
+    source: str = DEFAULT_SOURCE,
+    steps: int | None = None,
+    device: str = "auto",
+    seed: int = 0,
+) -> Any:
+    """The demo's :class:`~boldgpt.engine.config.TrainConfig` (training output in
+    ``out_dir``). Other ``steps`` than :data:`DEFAULT_STEPS` spread warmup, evaluation,
+    checkpoints and logging over that length."""
+    from boldgpt.engine.config import config_from_dict
+
+    raw = copy.deepcopy(DEMO_CONFIG)
+    raw["out_dir"] = os.fspath(out_dir)
+    raw["seed"] = seed
+    raw["data"]["source"] = source
+    raw["train"]["device"] = device
+    if steps is not None and steps != DEFAULT_STEPS:
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1; got {steps}")
+        raw["train"]["max_steps"] = steps
+        raw["optim"]["warmup_steps"] = min(raw["optim"]["warmup_steps"], max(steps // 10, 1))
+        raw["train"]["eval_every"] = max(steps // 6, 1)
+        raw["checkpoint"]["every"] = max(steps // 6, 1)
+        raw["log"]["figures_every"] = steps  # one figure, at the end (sampling is slow)
+        raw["log"]["every"] = min(raw["log"]["every"], max(steps // 20, 1))
+    return config_from_dict(raw, where="demo config")
+
+
+class _Progress:
+    """Numbered, timed progress lines; ``timings`` holds each stage's seconds
+    (``<stage>_s``) and, after :meth:`done`, ``total_s``."""
+
+    def __init__(self, total: int):
+        self.total, self.i, self.t0 = total, 0, time.perf_counter()
+        self.timings: dict[str, float] = {}
+        self._stage: tuple[str, float] | None = None
+
+    def __call__(self, text: str, stage: str | None = None) -> None:
+        self._close()
+        self.i += 1
+        now = time.perf_counter()
+        print(f"\n[{self.i}/{self.total}] {text}  (t={now - self.t0:.0f}s)", flush=True)
+        self._stage = (stage, now) if stage else None
+
+    def note(self, text: str) -> None:
+        print(f"      {text}", flush=True)
+
+    def done(self) -> dict[str, float]:
+        self._close()
+        self.timings["total_s"] = time.perf_counter() - self.t0
+        return {name: round(v, 1) for name, v in self.timings.items()}
+
+    def _close(self) -> None:
+        if self._stage is not None:
+            name, start = self._stage
+            self.timings[f"{name}_s"] = time.perf_counter() - start
+            self._stage = None
+
+
+def run_demo(
+    out_dir: str | os.PathLike = "runs/demo",
+    *,
+    source: str = DEFAULT_SOURCE,
+    steps: int = DEFAULT_STEPS,
+    seed: int = 0,
+    eval_maps: int = 512,
+    completion_maps: int = 128,
+    pca_maps: int = 4000,
+    components: int = 128,
+    device: str = "auto",
+    num_examples: int = 6,
+) -> dict[str, Any]:
+    """Run the whole demo (see the module docstring); returns the summary it writes to
+    ``OUT_DIR/summary.json``. ``eval_maps`` validation maps are scored on next-patch
+    prediction, the first ``completion_maps`` of them on completion."""
+    from boldgpt.data.cache import build_cache
+    from boldgpt.data.maps import load_split_maps
+    from boldgpt.engine.distributed import resolve_device
+    from boldgpt.engine.logs import read_log
+    from boldgpt.evaluate.demo_report import print_summary, write_report
+    from boldgpt.models.registry import load_model
+    from boldgpt.utils.io import write_json
+
+    out_dir = Path(out_dir)
+    progress = _Progress(6)
+    progress(f"data: simulating (first run only) and caching {source}", "data")
+    cache_dir = build_cache(source, splits=["train", "val"])
+    progress.note(f"cache: {cache_dir}")
+
+    config = demo_config(out_dir / "train", source, steps, device, seed)
+    progress(
+        f"training {config.model.name} (shuffled order, continuous patches): "
+        f"{config.train.max_steps} steps of {config.data.batch_size} maps",
+        "train",
+    )
+    model_dir = _train(config, progress)
+    dev = resolve_device(device)
+    model = load_model(model_dir, device=dev)
+    records = read_log(config.out_dir)
+
+    progress(f"baselines: training mean map and MaskedPCA ({components} components)", "baselines")
+    mean_map, pca, counts = _baselines(cache_dir, source, pca_maps, components, out_dir)
+    progress.note(f"PCA fitted on {counts['pca_fit_maps']} of {counts['num_train_maps']} maps")
+
+    val_maps, val_sids, _ = load_split_maps(source, "val", eval_maps, seed=EVAL_SEED)
+    k = min(completion_maps, len(val_maps))
+    counts.update(num_eval_maps=len(val_maps), num_completion_maps=k)
+    progress(f"evaluating next-patch prediction on {len(val_maps)} validation maps", "eval")
+    next_patch = _next_patch(model, pca, mean_map, val_maps, val_sids, progress)
+
+    progress(f"completing {k} maps from two prompts; samples and figures", "generate")
+    fig_dir = out_dir / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    completion = _completions(
+        model, pca, mean_map, val_maps[:k], val_sids[:k], fig_dir, num_examples, progress
+    )
+    n = min(num_examples, len(val_maps))
+    _figures(model, pca, val_maps[:n], val_sids[:n], records, next_patch, fig_dir)
+
+    progress("writing the report")
+    summary = _summary(config, model, records, next_patch, completion, pca, counts)
+    summary["timings_s"] = progress.done()
+    summary["machine"]["device"] = str(dev)
+    write_json(out_dir / "summary.json", summary)
+    example_figs = sorted((Path(config.out_dir) / "figures").glob("examples-step*.png"))
+    md, page = write_report(out_dir, summary, example_figs)
+    print_summary(summary, md, page, model_dir)
+    return summary
+
+
+def _train(config: Any, progress: _Progress) -> Path:
+    """Train (or resume, or reuse a finished run in ``config.out_dir``); returns the
+    model directory."""
+    from boldgpt.engine.checkpoint import CheckpointManager, load_checkpoint
+    from boldgpt.engine.train import train
+
+    train_dir = Path(config.out_dir)
+    model_dir = train_dir / "model"
+    latest = CheckpointManager(train_dir / "checkpoints").latest()
+    if model_dir.exists() and latest and load_checkpoint(latest)["step"] >= config.train.max_steps:
+        progress.note(f"already trained: reusing {model_dir} (delete {train_dir} to retrain)")
+        return model_dir
+    result = train(config)
+    if result.status == "interrupted":
+        raise KeyboardInterrupt
+    progress.note(f"model: {model_dir}; logs: {train_dir / 'log.jsonl'}, {train_dir / 'tb'}")
+    return model_dir
+
+
+def _baselines(
+    cache_dir: Path, source: str, pca_maps: int, components: int, out_dir: Path
+) -> tuple[torch.Tensor, Any, dict[str, int]]:
+    """The training mean map (H, W), a MaskedPCA fitted on ``pca_maps`` training maps
+    (saved to ``out_dir/pca.safetensors``) and the counts ``num_train_maps``,
+    ``pca_fit_maps``."""
+    import numpy as np
+
+    from boldgpt.data.cache import CachedNSDFlat
+    from boldgpt.data.maps import load_split_maps
+    from boldgpt.data.transforms import dequantize
+    from boldgpt.evaluate import metrics
+    from boldgpt.models.pca import MaskedPCA, save_pca
+
+    train_set = CachedNSDFlat(cache_dir, "train", images=False)
+    n_train = len(train_set)
+    # chunks of the uint8 memory map: the float maps of the whole split need not fit
+    mean_map = metrics.mean_map(
+        dequantize(torch.from_numpy(np.array(train_set.activity[i : i + 1024])))
+        for i in range(0, n_train, 1024)
+    )
+    fit_maps, _, mask = load_split_maps(source, "train", pca_maps, seed=0)
+    pca = MaskedPCA(mask, min(components, len(fit_maps) - 1)).fit(fit_maps, seed=0)
+    save_pca(pca, out_dir / "pca.safetensors")
+    return mean_map, pca, {"num_train_maps": n_train, "pca_fit_maps": len(fit_maps)}
+
+
+def _next_patch(
+    model: Any,
+    pca: Any,
+    mean_map: torch.Tensor,
+    maps: torch.Tensor,
+    sids: torch.Tensor,
+    progress: _Progress,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Next-patch scores ``[order kind][method] -> {loss, mse, r2}`` of the model and
+    both baselines, on the same maps in the same orders."""
+    from boldgpt.evaluate import metrics
+
+    p = copy.deepcopy(model.patchify).cpu()  # the baselines run on the CPU
+    mean_scores = metrics.mean_map_scores(mean_map, maps, p)
+    results = {}
+    for kind in ("fixed", "random"):
+        orders = metrics.make_orders(kind, len(maps), p.num_patches, seed=EVAL_SEED)
+        results[kind] = {
+            "model": metrics.model_next_patch_scores(model, maps, sids, orders),
+            "mean map": mean_scores,
+            "MaskedPCA": metrics.pca_next_patch_scores(pca, maps, p, orders),
+        }
+        progress.note(f"{kind:6s} order: " + metrics.format_comparison(results[kind]))
+    return {k: {m: metrics.summarize(v) for m, v in r.items()} for k, r in results.items()}
+
+
+def _completions(
+    model: Any,
+    pca: Any,
+    mean_map: torch.Tensor,
+    maps: torch.Tensor,
+    sids: torch.Tensor,
+    fig_dir: Path,
+    num_examples: int,
+    progress: _Progress,
+) -> dict[str, dict[str, float]]:
+    """Complete ``maps`` from each prompt of :data:`PROMPTS` with both model methods and
+    both baselines; draw the first ``num_examples``. Returns ``[prompt][method] -> R²``
+    of the hidden pixels. Completions use the model's predicted means (its best guess)."""
+    from boldgpt.evaluate import tasks
+    from boldgpt.utils.threads import cpu_threads
+    from boldgpt.viz import train as viz
+
+    p = model.patchify
+    real_patched = p.inverse(p(maps.to(model.device))).cpu()
+    mask = p.mask.cpu()
+    scores = {}
+    # token-by-token decoding of small batches: one thread is as fast, and far faster
+    # when other processes use the cores
+    with cpu_threads(1 if model.device.type == "cpu" else None):
+        for how, label in PROMPTS.items():
+            observed = tasks.observed_patches(p, len(maps), how, PROMPT_FRACTION, EVAL_SEED)
+            gen = torch.Generator(device=model.device).manual_seed(EVAL_SEED)
+            r2, done = tasks.completion_scores(
+                model, maps, sids, observed, pca=pca, mean_map=mean_map, generator=gen
+            )
+            scores[how] = {name: round(v, 4) for name, v in r2.items()}
+            progress.note(f"{label}: " + ", ".join(f"{n} {v:+.3f}" for n, v in r2.items()))
+            n = min(num_examples, len(maps))
+            observed_px = tasks.observed_pixels(p, observed[:n])
+            fig = viz.completions_figure(
+                real_patched[:n],
+                observed_px,
+                done["model (query)"][:n],
+                mask,
+                pca=done["MaskedPCA"][:n],
+                title=f"Completions ({label}, model queried in one pass); R² on the hidden pixels",
+            )
+            viz.save(fig, fig_dir / f"completions_{how}.png")
+    return scores
+
+
+def _figures(
+    model: Any,
+    pca: Any,
+    real: torch.Tensor,
+    sids: torch.Tensor,
+    records: list[dict[str, Any]],
+    next_patch: dict[str, Any],
+    fig_dir: Path,
+) -> None:
+    """Samples beside real maps, the loss curves with the baselines, the PCA figure.
+
+    Feeding back the predicted means shows the structure the model generates (smooth
+    and faint); drawing each patch from N(mean, residual covariance), the predictive
+    distribution fitted at the end of training, gives samples with real maps' texture."""
+    from boldgpt import generate
+    from boldgpt.utils.threads import cpu_threads
+    from boldgpt.viz import train as viz
+
+    dev = model.device
+    n = len(real)
+    gen = torch.Generator(device=dev).manual_seed(EVAL_SEED)
+    draw = dict(subject_id=sids.to(dev), generator=gen)
+    with cpu_threads(1 if dev.type == "cpu" else None):
+        samples = {
+            "fixed order, means": generate.sample(model, n, **draw),
+            "fixed order, sampled": generate.sample(model, n, noise="residual", **draw),
+            "random order, sampled": generate.sample(
+                model, n, order="random", noise="residual", **draw
+            ),
+        }
+    mask = model.patchify.mask.cpu()
+    title = "Real validation maps (top) and model samples"
+    viz.save(viz.samples_figure(real, samples, mask, cols=n, title=title), fig_dir / "samples.png")
+    baselines = {
+        "mean map": next_patch["fixed"]["mean map"]["loss"],
+        "MaskedPCA (fixed)": next_patch["fixed"]["MaskedPCA"]["loss"],
+    }
+    fig = viz.loss_curves_figure(
+        records, baselines, title="Training of the demo model", ylabel="masked MSE"
+    )
+    viz.save(fig, fig_dir / "loss.png")
+    viz.save(viz.pca_figure(pca, title="MaskedPCA baseline"), fig_dir / "pca.png")
+
+
+def _summary(
+    config: Any,
+    model: Any,
+    records: list[dict[str, Any]],
+    next_patch: dict[str, Any],
+    completion: dict[str, Any],
+    pca: Any,
+    counts: dict[str, int],
+) -> dict[str, Any]:
+    """What ``summary.json`` holds (timings and device are added by the caller)."""
+    train_records = [r for r in records if r.get("split") == "train"]
+    return {
+        "source": config.data.source,
+        "seed": config.seed,
+        "model": config.model.name,
+        "num_parameters": sum(t.numel() for t in model.parameters()),
+        "trained_steps": max((r["step"] for r in train_records), default=0),
+        "global_batch_size": config.data.batch_size,
+        **counts,
+        "pca_components": pca.n_components,
+        "next_patch": next_patch,
+        "completion_r2": completion,
+        "final_train_loss": train_records[-1]["loss"] if train_records else None,
+        "maps_per_s": _median([r.get("maps_per_s") for r in train_records]),
+        "machine": {
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "threads": config.train.threads or torch.get_num_threads(),
+        },
+    }
+
+
+def _median(values: list[Any]) -> float | None:
+    vals = sorted(v for v in values if isinstance(v, int | float) and math.isfinite(v))
+    return vals[len(vals) // 2] if vals else None
