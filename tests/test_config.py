@@ -79,6 +79,20 @@ def test_overrides_are_parsed_as_yaml_and_coerced(tmp_path):
     assert cfg.train.stop_after is None
 
 
+def test_subjects_are_ids_or_nsd_names():
+    cfg = config_from_dict({"data": {"subjects": ["subj03", 0, "subj01"]}})
+    assert cfg.data.subjects == [0, 2]  # subj01 = id 0, sorted, duplicates merged
+    assert load_config(None, ["data.subjects=[subj02]"]).data.subjects == [1]
+    with pytest.raises(ConfigError, match=r"bad subject 'subj00'"):
+        config_from_dict({"data": {"subjects": ["subj00"]}})
+
+
+def test_default_source_is_the_data_layers_constant():
+    from boldgpt.data.sources import DEFAULT_SOURCE
+
+    assert config_from_dict({}).data.source == DEFAULT_SOURCE
+
+
 def test_parse_override():
     assert parse_override("a.b.c=1") == (["a", "b", "c"], 1)
     assert parse_override("x=hello world") == (["x"], "hello world")

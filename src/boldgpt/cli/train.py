@@ -13,7 +13,15 @@ EPILOG = textwrap.dedent(
       boldgpt train configs/boldgpt_cont_demo.yaml
       boldgpt train configs/boldgpt_cont_demo.yaml optim.lr=3e-4 train.max_steps=2000
       boldgpt train configs/boldgpt_tokens_demo.yaml debug=true out_dir=runs/try
+      boldgpt train configs/boldgpt_cont_demo.yaml data.subjects=[subj01,subj02]
+      boldgpt train configs/imagebeit_micro.yaml debug=true
       torchrun --nproc_per_node 2 -m boldgpt train configs/boldgpt_cont_full.yaml
+
+    What a batch holds follows the model (its registry config): flat maps and subject
+    ids for boldgpt_* / boldbeit_*, the stimulus images of the same split (cached at the
+    model's image_size) for imagegpt_* / imagebeit_*. data.source is 'sim:<preset>'
+    (ci, demo, full), a local NSD-Flat directory or a hub id; data.subjects is null
+    (all) or a list of 0-based ids or NSD names ('subj01' = id 0).
 
     The run directory (out_dir) receives config.yaml (the resolved config), log.jsonl,
     tb/ (TensorBoard), figures/, checkpoints/ (step-*.pt, latest.pt, best.pt) and, at

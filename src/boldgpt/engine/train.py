@@ -317,10 +317,18 @@ def lr_factor(step: int, config: TrainConfig) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def has_registry_config(model: nn.Module) -> bool:
+    """Whether ``model`` was built from a registry config (it can be described, saved as
+    a model directory and loaded by name), unlike a custom module passed to :func:`train`."""
+    from boldgpt.models.config import PatchModelConfig
+
+    return isinstance(getattr(model, "config", None), PatchModelConfig)
+
+
 def describe_model(model: nn.Module) -> dict[str, Any] | None:
     """The model's registry description (JSON-able; what checkpoints store and resume
     compares), or None for a model without a registry config."""
-    if getattr(model, "config", None) is None:
+    if not has_registry_config(model):
         return None
     from boldgpt.models.registry import describe
 
@@ -739,6 +747,8 @@ class Trainer:
             f" on {info.world_size} x {self.device}, global batch {self.global_batch}, "
             f"steps {step}->{cfg.train.max_steps}{resumed}"
         )
+        if cfg.log.figures_every and not self.spec.maps:
+            logger.message("no example figures: they are drawn for models of flat maps only")
         return logger
 
     # -- batches
@@ -777,8 +787,8 @@ class Trainer:
 
     def _draw_examples(self) -> None:
         """Figure of the model's view of the first validation maps (rank 0)."""
-        if not self.info.is_main or self.config.log.num_examples < 1:
-            return
+        if not self.info.is_main or self.config.log.num_examples < 1 or not self.spec.maps:
+            return  # (the example figure draws flat maps; see _open_logs)
         from boldgpt.viz.train import training_examples_figure
 
         data, n = self.data, self.config.log.num_examples
@@ -860,7 +870,7 @@ def _fit_predictive_noise(
 
 
 def _save_final_model(model: nn.Module, path: Path, logger: RunLogger) -> Path | None:
-    if getattr(model, "config", None) is None:
+    if not has_registry_config(model):
         logger.message("model has no registry config; final weights are in the checkpoint only")
         return None
     from boldgpt.models.registry import save_model
