@@ -19,6 +19,7 @@ Pixel (i, j) of the 215 x 200 canvas has its centre at ``x = -100 + j + 0.5`` mm
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 
 import numpy as np
 
@@ -160,6 +161,24 @@ class FlatRaster:
             self.vertex_weights[ids + offsets[hemi]] = cand_w / total_w[:, None]
             self.has_value.append(used)
 
+    @cached_property
+    def forward_matrix(self):  # -> scipy.sparse.csr_matrix
+        """Sparse (P, V_left + V_right): the pixels' barycentric weights."""
+        from scipy.sparse import csr_matrix
+
+        rows = np.repeat(np.arange(len(self.pixels)), 3)
+        shape = (len(self.pixels), sum(self.num_vertices))
+        return csr_matrix((self.pixel_weights.ravel(), (rows, self.pixel_vertices.ravel())), shape)
+
+    @cached_property
+    def inverse_matrix(self):  # -> scipy.sparse.csr_matrix
+        """Sparse (V_left + V_right, P): the vertices' bilinear weights."""
+        from scipy.sparse import csr_matrix
+
+        rows = np.repeat(np.arange(sum(self.num_vertices)), 4)
+        shape = (sum(self.num_vertices), len(self.pixels))
+        return csr_matrix((self.vertex_weights.ravel(), (rows, self.vertex_pixels.ravel())), shape)
+
     def to_flat(self, left: np.ndarray, right: np.ndarray, fill: float = 0.0) -> np.ndarray:
         """Vertex values (..., V_left) and (..., V_right) -> flat maps (..., 215, 200),
         float32, ``fill`` outside the mask."""
@@ -172,9 +191,10 @@ class FlatRaster:
                 raise ValueError(f"{name} hemisphere: {v.shape[-1]} values; the mesh has {n}")
         values = np.concatenate([left, right], axis=-1)
         batch = values.shape[:-1]
-        inside = np.einsum("...pk,pk->...p", values[..., self.pixel_vertices], self.pixel_weights)
+        flat = values.reshape(-1, values.shape[-1])
+        inside = (self.forward_matrix @ flat.T).T  # (B, P)
         out = np.full((*batch, schema.HEIGHT * schema.WIDTH), fill, dtype=np.float32)
-        out[..., self.pixels] = inside
+        out[..., self.pixels] = inside.reshape(*batch, -1)
         return out.reshape(*batch, *schema.MAP_SHAPE)
 
     def to_vertices(self, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -187,9 +207,9 @@ class FlatRaster:
                 f"expected maps (..., {schema.HEIGHT}, {schema.WIDTH}); got {maps.shape}"
             )
         batch = maps.shape[:-2]
-        values = maps.reshape(*batch, -1)[..., self.pixels]  # (..., P)
-        out = np.einsum("...vk,vk->...v", values[..., self.vertex_pixels], self.vertex_weights)
-        out = out.astype(np.float32)
+        values = maps.reshape(-1, schema.HEIGHT * schema.WIDTH)[:, self.pixels]  # (B, P)
+        out = (self.inverse_matrix @ values.T).T.astype(np.float32)
+        out = out.reshape(*batch, -1)
         has = np.concatenate(self.has_value)
         out[..., ~has] = np.nan
         n = self.num_vertices[0]
