@@ -24,7 +24,7 @@ from boldgpt.engine.config import config_from_dict
 from boldgpt.engine.distributed import ResumableShardSampler
 from boldgpt.engine.logs import read_log
 from boldgpt.engine.train import TrainData, lr_factor, train
-from boldgpt.errors import CheckpointError, ConfigError
+from boldgpt.errors import CheckpointError, ConfigError, DataError
 
 SIDE = 12
 
@@ -447,3 +447,43 @@ def test_image_model_trains_from_shipped_config(tmp_path, family):
     with torch.no_grad():
         assert math.isfinite(float(model(batch).loss))
     assert load_checkpoint(out_dir / "checkpoints" / "latest.pt")["step"] == 8
+
+
+def _registry_model(num_subjects: int) -> nn.Module:
+    """A small boldGPT over the toy maps' full (12, 12) mask in 4x4 patches."""
+    from boldgpt.models.registry import create_model
+
+    torch.manual_seed(0)
+    return create_model(
+        "boldgpt_micro_patch10",
+        mask=np.ones((SIDE, SIDE), bool),
+        patch_size=4,
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+        num_subjects=num_subjects,
+    )
+
+
+def test_subject_ids_are_checked_on_the_host_batch_before_the_forward(tmp_path):
+    model = _registry_model(num_subjects=2)  # the toy maps have subjects 0..3
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    with pytest.raises(DataError, match=r"subject_id out of range: got values in \[0, 3\]"):
+        train(config_from_dict(toy_config(tmp_path)), model=model, data=toy_data())
+    assert calls == []  # refused before any forward pass
+
+
+def test_fine_tuning_from_a_saved_model_directory(tmp_path):
+    first, trained = run(toy_config(tmp_path / "a", train={"max_steps": 2}), _registry_model(4))
+    assert first.model_dir == tmp_path / "a" / "model"
+    cfg = toy_config(
+        tmp_path / "b", train={"max_steps": 2}, model={"init_from": str(first.model_dir)}
+    )
+    from boldgpt.engine.train import Trainer
+
+    trainer = Trainer(config_from_dict(cfg), data=toy_data())
+    for name, value in trained.state_dict().items():
+        assert torch.equal(trainer.model.state_dict()[name], value), name
+    assert trainer.spec.keys == ("activity", "subject_id") and trainer.spec.num_subjects == 4
+    assert trainer.fit().status == "finished"
