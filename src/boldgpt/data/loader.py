@@ -35,6 +35,7 @@ def make_dataloader(
     pin_memory: bool = False,
     persistent_workers: bool = False,
     prefetch_factor: int | None = None,
+    timeout: float = 0,
 ) -> DataLoader:
     """A ``DataLoader`` of raw batches (dicts of tensors, e.g. activity (B, 215, 200) uint8).
 
@@ -53,6 +54,7 @@ def make_dataloader(
             cache because a batch is one copy from its memory map.
         pin_memory: page-locked batches, for faster copies to a GPU.
         persistent_workers, prefetch_factor: as in ``DataLoader`` (used only with workers).
+        timeout: with workers, seconds to wait for a batch before raising (0: forever).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
@@ -72,6 +74,7 @@ def make_dataloader(
         pin_memory=pin_memory,
         persistent_workers=persistent_workers and num_workers > 0,
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
+        timeout=timeout if num_workers > 0 else 0,
         generator=torch.Generator().manual_seed(seed),
     )
 

@@ -58,6 +58,9 @@ class DataConfig:
     """Maps per process per micro-step (global batch = this x processes x accumulation)."""
     num_workers: int = 0
     """DataLoader worker processes per training process (0 = load in the main process)."""
+    worker_timeout: float = 300.0
+    """With workers: seconds to wait for a batch before failing with a clear error (a
+    worker stuck on I/O would otherwise hang the run)."""
     train_split: str = "train"
     val_split: str = "val"
     cache_root: str | None = None
@@ -127,6 +130,9 @@ class TrainLoopConfig:
     threads: int | None = None
     """CPU threads per process (``torch.set_num_threads``); null = torch's default. On
     a busy machine 1 can be several times faster than oversubscribed cores."""
+    skip_nonfinite: bool = False
+    """Skip an optimizer step whose loss or gradient is NaN/Inf (counted and logged as
+    ``skipped_nonfinite``) instead of stopping the run with an error."""
 
 
 @dataclass
@@ -181,6 +187,7 @@ class TrainConfig:
         _check_positive(self, "log.every", "train.eval_every", "checkpoint.every")
         _check_positive(self, "checkpoint.keep", "log.num_examples")
         _check_non_negative(self, "data.num_workers", "optim.warmup_steps")
+        _check_positive(self, "data.worker_timeout")
         _check_non_negative(self, "train.eval_batches", "log.figures_every", "optim.weight_decay")
         if not self.optim.lr > 0:
             raise ConfigError(f"optim.lr must be > 0; got {self.optim.lr}")
