@@ -45,7 +45,7 @@ ORIGINAL_DEFAULTS: dict[str, Any] = {
     "attn_drop_rate": 0.0,
     "drop_path_rate": 0.0,
 }
-# seed-project architecture key -> IGPT argument
+# seed-project architecture key -> IGPTConfig field
 ARCH_TO_KWARGS = {
     "patch_size": "patch_size",
     "embed_dim": "embed_dim",
@@ -124,7 +124,7 @@ def load_original_checkpoint(
 
 
 def architecture_to_kwargs(arch: Mapping[str, Any]) -> dict[str, Any]:
-    """IGPT arguments of a (complete) seed-project architecture."""
+    """IGPTConfig fields of a (complete) seed-project architecture."""
     kwargs: dict[str, Any] = {
         "legacy_registers": bool(arch.get("num_registers", 0)),
         "pos_init": "random",  # the seed project's init (the loaded weights replace it)

@@ -1,5 +1,6 @@
 """The transformer backbone shared by every boldgpt model, and the base class of the
-models that read patches of a map through it (IGPT, BEiT).
+models that read patches of a map through it (IGPT, BEiT). Both are built from one
+config (:class:`~boldgpt.models.config.PatchModelConfig` or a family's subclass).
 
 Token sequence (P = 1 + R prefix tokens, N patch tokens)::
 
@@ -312,7 +313,21 @@ class PatchModel(nn.Module):
     """Base of the models that read a map as patches: patchify, optional tokenizer,
     backbone and head, plus the input checks and helpers they share.
 
-    Subclasses set ``causal`` and implement ``forward(batch) -> ModelOutput``.
+    Built as ``Model(config, mask=None, patch_indices=None)``:
+
+    - ``config``: the architecture, an instance of the class's ``config_class``
+      (:mod:`boldgpt.models.config`); kept as ``model.config``;
+    - ``mask``: bool (H, W) pixels with signal: the cortex mask of the data for a
+      model over maps (required: a ConfigError without it); None for an image model
+      (the full ``image_size`` square);
+    - ``patch_indices``: a stored fixed patch order (raster indices of the kept
+      patches, see :class:`~boldgpt.patching.MaskedPatchify`); replaces
+      ``config.ordering``.
+
+    The mask and the order are buffers (``patchify.mask``,
+    ``patchify.patch_indices``): they travel with the weights, not the config.
+    Subclasses set ``causal`` and ``config_class``, may override
+    :meth:`backbone_options`, and implement ``forward(batch) -> ModelOutput``.
     """
 
     causal: bool = False
@@ -324,15 +339,6 @@ class PatchModel(nn.Module):
         mask: np.ndarray | torch.Tensor | None = None,
         patch_indices: torch.Tensor | Sequence[int] | None = None,
     ):
-        """Args:
-        config: the architecture (an instance of the class's ``config_class``).
-        mask: bool (H, W) pixels with signal: the cortex mask of the data for a
-            model over maps (required); None for an image model (the full
-            ``image_size`` square).
-        patch_indices: a stored fixed patch order (raster indices of the kept
-            patches, see :class:`~boldgpt.patching.MaskedPatchify`); replaces
-            ``config.ordering``.
-        """
         super().__init__()
         if not isinstance(config, self.config_class):
             raise ConfigError(
