@@ -408,3 +408,60 @@ def test_calcarine_sits_where_anatomy_puts_it(geometry):
         assert c["cuneus_canvas_y_mm"] > c["cut_canvas_mm"][1] > c["lingual_canvas_y_mm"]
         # near the midline, on the hemisphere's own side
         assert 0 < sign * c["cut_canvas_mm"][0] < 30
+
+
+def test_manifest_with_images_splits_and_a_user_flat_surface(tmp_path, geometry):
+    from PIL import Image
+
+    from boldgpt.data.nsd_flat import decode_image, load_nsd_flat
+    from boldgpt.surface.flatten import read_manifest
+
+    rng = np.random.default_rng(4)
+    lines = ["left,right,subject,session,map,stimulus,image,shared,split"]
+    colours = {}
+    for ses in (1, 2):
+        np.save(tmp_path / f"s{ses}_lh.npy", rng.normal(size=(2, V5)))
+        np.save(tmp_path / f"s{ses}_rh.npy", rng.normal(size=(2, V5)))
+        for m in range(2):
+            stim = 10 * ses + m
+            colours[stim] = rng.integers(0, 256, 3, dtype=np.uint8)
+            Image.fromarray(np.full((8, 8, 3), colours[stim])).save(tmp_path / f"im{stim}.png")
+            split = "test" if ses == 2 else ""
+            lines.append(
+                f"s{ses}_lh.npy,s{ses}_rh.npy,subj03,{ses},{m},{stim},im{stim}.png,,{split}"
+            )
+    (tmp_path / "maps.csv").write_text("\n".join(lines) + "\n")
+    entries = read_manifest(tmp_path / "maps.csv")
+    # nilearn's flat mesh given as the user's own files gives the default geometry
+    flats = []
+    for hemi in meshes.HEMIS:
+        path = tmp_path / f"flat_{hemi}.surf.gii"
+        path.write_bytes(nib.load(meshes.fsaverage5_file("flat", hemi)).to_bytes())
+        flats.append(path)
+    summary = flatten_dataset(tmp_path / "ds", entries, flat=flats, zscore=True)
+    assert summary["maps"] == {"train": 2, "test": 2}
+    np.testing.assert_array_equal(np.load(tmp_path / "ds" / "mask.npy"), geometry.mask)
+    for split, ses in (("train", 1), ("test", 2)):
+        ds = load_nsd_flat(str(tmp_path / "ds"), split, progress=False)
+        assert list(ds["nsd_id"]) == [10 * ses, 10 * ses + 1]
+        assert set(ds["subject_id"]) == {2} and set(ds["session_id"]) == {ses}
+        for stim, img in zip(ds["nsd_id"], ds["image"]):
+            pixels = decode_image(img)
+            assert pixels.shape == (8, 8, 3) and (pixels == colours[stim]).all()
+
+
+def test_pycortex_placement_puts_the_hemispheres_edge_to_edge_at_zero():
+    from boldgpt.surface.geometry import place_hemispheres
+
+    left = np.array([[-80.0, 5.0], [-30.0, 5.0], [-30.0, 40.0]])
+    right = np.array([[40.0, 0.0], [90.0, 0.0], [40.0, 30.0]])
+    tri = np.array([[0, 1, 2]])
+    placed, info = place_hemispheres([left, right], [tri, tri], "pycortex")
+    np.testing.assert_array_equal(placed[0], left + [30.0, 0.0])
+    np.testing.assert_array_equal(placed[1], right - [40.0, 0.0])
+    placed, info = place_hemispheres([left * 3, right * 3], [tri, tri], "fit")
+    # 150 mm wide patches are shrunk to 100 - 1 (half gap) - 1 (margin) = 98 mm
+    assert info["scale"] == pytest.approx(98 / 150)
+    assert placed[0][:, 0].max() == pytest.approx(-1.0) and placed[1][:, 0].min() == pytest.approx(
+        1.0
+    )
