@@ -66,3 +66,18 @@ def test_demo_pipeline_on_tiny_dataset(tmp_path, monkeypatch):
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000
     assert (out / "train" / "model" / "model.safetensors").exists()
     assert (out / "pca.safetensors").exists()
+
+    # the trained model completes maps from the command line: the observed patches are
+    # kept, the hidden ones filled in
+    from boldgpt.cli import main
+
+    gen = tmp_path / "gen"
+    args = ["generate", str(out / "train" / "model"), "--complete", "--observe", "left",
+            "--num", "3", "--source", str(tiny.root), "--out", str(gen),
+            "--subjects", "subj02"]  # fmt: skip
+    assert main(args) == 0
+    real, done = np.load(gen / "real.npy"), np.load(gen / "completions.npy")
+    observed = np.load(gen / "observed.npy") & tiny.mask
+    assert real.shape == done.shape == (3, 215, 200)
+    np.testing.assert_allclose(done[observed], real[observed], atol=1e-6)
+    assert not np.allclose(done[~observed & tiny.mask], real[~observed & tiny.mask])
