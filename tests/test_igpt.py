@@ -319,3 +319,14 @@ def test_training_orders_follow_the_configured_mix():
         make_model(order_mix={"spiral": 1.0})
     with pytest.raises(ConfigError, match="order_mix needs shuffle"):
         make_model(order_mix={"outward": 1.0}, shuffle=False)
+
+
+def test_token_model_needs_a_fitted_vocabulary():
+    model = make_model(categorical=True, vocab_size=8)
+    batch = make_batch(model)
+    with pytest.raises(ConfigError, match="no vocabulary yet"):
+        model(batch)
+    assert not model.tokenizer.is_fitted
+    model.tokenizer.vocab.normal_()  # e.g. loaded from a vocabulary file
+    assert model.tokenizer.is_fitted
+    assert model(batch).target.shape == (3, model.num_patches)

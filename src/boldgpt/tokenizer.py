@@ -36,10 +36,16 @@ class KMeansTokenizer(nn.Module):
         self.vocab_size = vocab_size
         self.dim = dim
         self.register_buffer("vocab", torch.zeros(vocab_size, dim))
+        self._known_fitted = False
 
     @property
     def is_fitted(self) -> bool:
-        return bool(self.vocab.abs().sum() > 0)
+        """Whether the vocabulary holds centroids (is not all zeros). Reading the
+        buffer syncs an accelerator, so a positive answer is remembered: training
+        asks at every step (a vocabulary is never reset to zeros)."""
+        if not self._known_fitted:
+            self._known_fitted = bool(self.vocab.abs().sum() > 0)
+        return self._known_fitted
 
     @torch.no_grad()
     def fit(
