@@ -117,6 +117,8 @@ def test_categorical_loss_on_masked_tokens_only():
     logp = out.output.log_softmax(-1)
     nll = -logp.gather(-1, out.target[..., None])[..., 0]
     assert torch.allclose(out.loss, nll[mask].mean(), atol=1e-5)
+    hits = (out.output.argmax(-1) == out.target)[mask].float().mean()
+    assert torch.allclose(out.metrics["accuracy"], hits)
 
 
 @pytest.mark.parametrize("ratio", [1.5, [0.6, 0.2], [0.1, 0.2, 0.3]])

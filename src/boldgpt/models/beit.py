@@ -109,9 +109,14 @@ class BEiT(PatchModel):
         metrics: dict[str, torch.Tensor] = {}
         if self.tokenizer is not None:
             target = self.encode_targets(patches)
-            loss = F.cross_entropy(output[mask].float(), target[mask])
+            # weighted by the mask rather than indexed with it: boolean indexing has a
+            # data-dependent shape, which syncs an accelerator
+            m = mask.float()
+            count = m.sum().clamp_min(1.0)
+            ce = F.cross_entropy(output.float().transpose(1, 2), target, reduction="none")
+            loss = (ce * m).sum() / count
             with torch.no_grad():
-                metrics["accuracy"] = (output[mask].argmax(-1) == target[mask]).float().mean()
+                metrics["accuracy"] = ((output.argmax(-1) == target).float() * m).sum() / count
         else:
             target = patches
             pixel_mask = self.patchify.patch_mask & mask[..., None]
