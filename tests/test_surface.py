@@ -465,3 +465,19 @@ def test_pycortex_placement_puts_the_hemispheres_edge_to_edge_at_zero():
     assert placed[0][:, 0].max() == pytest.approx(-1.0) and placed[1][:, 0].min() == pytest.approx(
         1.0
     )
+
+
+def test_test_sessions_take_each_subjects_last_sessions(tmp_path):
+    rng = np.random.default_rng(5)
+    entries = [
+        {"left": rng.normal(size=(2, V5)), "right": rng.normal(size=(2, V5)), "subject": sub,
+         "session": ses}
+        for sub in (0, 1) for ses in ((1, 2, 3) if sub == 0 else (7, 9))
+    ]  # fmt: skip
+    summary = flatten_dataset(tmp_path / "a", entries, test_sessions=1)
+    assert summary["maps"] == {"train": 6, "test": 4}  # sessions 3 and 9
+    summary = flatten_dataset(tmp_path / "b", entries, test_sessions=5)
+    assert summary["maps"] == {"train": 0, "test": 10}
+    one = [{**entries[0], "left": entries[0]["left"][:1], "right": entries[0]["right"][:1]}]
+    with pytest.raises(DataError, match="entry 0: subject 0 session 1 has one map"):
+        flatten_dataset(tmp_path / "c", one)

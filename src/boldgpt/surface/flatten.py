@@ -375,6 +375,8 @@ def flatten_dataset(
     """
     if nan not in ("mask", "error"):
         raise ValueError(f"nan={nan!r}; expected 'mask' or 'error'")
+    if test_sessions < 0:
+        raise ValueError(f"test_sessions={test_sessions}; expected >= 0")
     out_dir = Path(out_dir).expanduser()
     if out_dir.exists() and not overwrite:
         raise DataError(f"{out_dir} exists; pass overwrite=True (--overwrite) to replace it")
@@ -392,10 +394,7 @@ def flatten_dataset(
     sessions: dict[int, list[int]] = {}
     for m in maps:
         sessions.setdefault(m.subject, []).append(m.session)
-    last = {
-        s: set(sorted(set(v))[len(set(v)) - test_sessions :]) if test_sessions else set()
-        for s, v in sessions.items()
-    }
+    last = {s: set(sorted(set(v))[::-1][:test_sessions]) for s, v in sessions.items()}
     next_stimulus = 1 + max((m.stimulus for m in maps if m.stimulus is not None), default=-1)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, m in enumerate(maps):

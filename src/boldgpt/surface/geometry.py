@@ -15,9 +15,9 @@ the NSD-Flat canvas.
   ``scale`` = 1. With the built-in occipital ROI the patches are about 92 x 187 mm:
   scale 1, about 31,000 pixels (NSD-Flat's ``nsdgeneral`` mask: 18,577).
 - ``"pycortex"``: the coordinates are kept, except that, as pycortex does when it
-  draws both hemispheres of a flat map, the left hemisphere is shifted so that its
-  rightmost flat vertex is at x = 0 and the right one so that its leftmost is at
-  x = 0. Meant for pycortex's own flat surfaces, whose merged map NSD-Flat's bounding
+  draws both hemispheres of a flat map, the left hemisphere is shifted so that the
+  rightmost vertex of its flat patch is at x = 0 and the right one so that its leftmost
+  is at x = 0. Meant for pycortex's own flat surfaces, whose merged map NSD-Flat's bounding
   box was cut from (this correspondence is pycortex's convention as we understand it;
   it was not checked against pycortex here, which is not installed).
 - ``"none"``: the flat coordinates are already canvas mm.
@@ -118,8 +118,9 @@ def place_hemispheres(
     gap: float = GAP_MM,
 ) -> tuple[list[np.ndarray], dict[str, Any]]:
     """Move flat coordinates (left, right) (V_h, 2) onto the canvas (see the module
-    docstring). ``faces`` are the triangles that will be drawn (their vertices set the
-    extent). Returns the placed coordinates and ``{"placement", "scale", "offset_mm"}``."""
+    docstring). ``faces`` are the triangles whose vertices set the extent (the ROI's
+    for ``"fit"``, the whole flat patch's for ``"pycortex"``). Returns the placed
+    coordinates and ``{"placement", "scale", "offset_mm"}``."""
     if placement not in PLACEMENTS:
         raise ValueError(f"unknown placement {placement!r}; expected one of {PLACEMENTS}")
     pts = [np.asarray(c, np.float64)[:, :2] for c in coords]
@@ -169,7 +170,7 @@ def build_geometry(
     """
     from boldgpt.surface.io import read_mesh, read_vertex_mask
 
-    coords, faces, rois, sources = [], [], [], {}
+    coords, faces, patches, rois, sources = [], [], [], [], {}
     for hemi, flat_path, roi_spec in zip(meshes.HEMIS, flat, roi):
         if flat_path is None:
             xyz, tri = meshes.load_surface("flat", hemi)
@@ -204,8 +205,12 @@ def build_geometry(
             raise DataError(f"{hemi} ROI: no triangle of the flat mesh {where} lies inside it")
         coords.append(xyz[:, :2])
         faces.append(roi_faces)
+        patches.append(tri)
         rois.append(mask)
-    placed, info = place_hemispheres(coords, faces, placement)
+    # pycortex's shift is set by the whole flat patch; "fit" places the ROI
+    placed, info = place_hemispheres(
+        coords, patches if placement == "pycortex" else faces, placement
+    )
     info.update(sources)
     geometry = SurfaceGeometry(tuple(placed), tuple(faces), tuple(rois), info)
     if not geometry.mask.any():

@@ -3,7 +3,8 @@
 Maps are always returned as float32 (N, V): N maps of one hemisphere's V vertices.
 
 - GIfTI (``.gii``, e.g. ``.func.gii``, ``.shape.gii``, ``.label.gii``; also ``.gii.gz``):
-  one data array per map (fMRIPrep's layout), or one 2-D array (V, N);
+  one data array per map (fMRIPrep's layout), or one 2-D array (V, N) or (N, V) (the
+  longer axis is taken as the vertices);
 - MGH/MGZ (``.mgh``, ``.mgz``; FreeSurfer's volume-shaped surface data (V, 1, 1[, N]));
 - NumPy (``.npy``): (V,) or (N, V).
 
@@ -83,7 +84,9 @@ def read_maps(path: str | os.PathLike) -> np.ndarray:
         if any(d.intent in (1008, 1009) for d in img.darrays):  # POINTSET / TRIANGLE
             raise DataError(f"{path}: is a surface mesh (coordinates, triangles), not maps")
         if len(arrays) == 1 and arrays[0].ndim == 2:
-            out = arrays[0].T  # one (V, N) array
+            # one 2-D array: vertices are the longer axis, whichever way it was written
+            a = arrays[0]
+            out = a.T if a.shape[0] >= a.shape[1] else a
         elif all(a.ndim == 1 for a in arrays) and len({a.shape for a in arrays}) == 1:
             out = np.stack(arrays)
         else:
