@@ -151,9 +151,12 @@ def batch_spec(config: TrainConfig, model: nn.Module | None = None) -> BatchSpec
     return BatchSpec(tuple(keys), getattr(cfg, "image_size", None), subjects)
 
 
-def load_train_data(config: TrainConfig, info: D.DistInfo, spec: BatchSpec) -> TrainData:
+def load_train_data(
+    config: TrainConfig, info: D.DistInfo | None = None, spec: BatchSpec | None = None
+) -> TrainData:
     """Train and validation datasets over the uint8 cache of the configured source, with
     images at ``spec.image_size`` when the batch needs them, and the mask (maps only).
+    ``info`` defaults to a single process, ``spec`` to :func:`batch_spec` of the config.
 
     Rank 0 builds the cache (and, for ``sim:`` sources, the simulated dataset) while
     the others wait, so processes never race to write the same files.
@@ -162,6 +165,8 @@ def load_train_data(config: TrainConfig, info: D.DistInfo, spec: BatchSpec) -> T
     from boldgpt.data import schema
     from boldgpt.data.masks import read_mask_file
 
+    info = info or D.DistInfo()
+    spec = spec or batch_spec(config)
     cfg = config.data
     splits = [cfg.train_split] + ([cfg.val_split] if cfg.val_split else [])
     if spec.images and not spec.image_size:
@@ -494,10 +499,11 @@ class Trainer:
 
     # -- one step, one evaluation
 
-    def step(self) -> dict[str, float]:
+    def step(self) -> dict[str, Any]:
         """One optimizer step over ``optim.accumulation`` micro-batches (DDP all-reduces
-        gradients on the last only); returns its ``lr`` and ``grad_norm``. Losses and the
-        model's metrics are summed for the next log line."""
+        gradients on the last only); returns its ``lr`` and ``grad_norm`` (a 0-d tensor on
+        the device: reading it waits for the device, so the loop does so only when it logs).
+        Losses and the model's metrics are summed for the next log line."""
         accum, ddp = self.config.optim.accumulation, self.forward_ddp
         for micro in range(accum):
             batch = self._next_batch()
@@ -522,7 +528,7 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
-        return {"lr": lr, "grad_norm": float(grad_norm)}
+        return {"lr": lr, "grad_norm": grad_norm.detach()}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -595,7 +601,7 @@ class Trainer:
     def _last_step(self) -> bool:
         return self.global_step == self.config.train.max_steps
 
-    def _log_train(self, stats: dict[str, float]) -> float:
+    def _log_train(self, stats: dict[str, Any]) -> float:
         """Log the mean loss and metrics since the last log line (all processes)."""
         step, dev = self.global_step, self.device
         now = time.perf_counter()
@@ -615,7 +621,8 @@ class Trainer:
         metrics = {
             "loss": train_loss,
             **extras,
-            **stats,
+            "lr": stats["lr"],
+            "grad_norm": float(stats["grad_norm"]),
             "maps_per_s": maps_per_s,
             "epoch": sampler.epoch + sampler.position / sampler.epoch_length,
         }
