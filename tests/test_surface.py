@@ -469,11 +469,13 @@ def test_pycortex_placement_puts_the_hemispheres_edge_to_edge_at_zero():
 
 def test_test_sessions_take_each_subjects_last_sessions(tmp_path):
     rng = np.random.default_rng(5)
+    sessions = {0: (1, 2, 3), 1: (7, 9)}
     entries = [
-        {"left": rng.normal(size=(2, V5)), "right": rng.normal(size=(2, V5)), "subject": sub,
-         "session": ses}
-        for sub in (0, 1) for ses in ((1, 2, 3) if sub == 0 else (7, 9))
-    ]  # fmt: skip
+        {"left": rng.normal(size=(2, V5)), "right": rng.normal(size=(2, V5))}
+        | {"subject": sub, "session": ses}
+        for sub, subject_sessions in sessions.items()
+        for ses in subject_sessions
+    ]
     summary = flatten_dataset(tmp_path / "a", entries, test_sessions=1)
     assert summary["maps"] == {"train": 6, "test": 4}  # sessions 3 and 9
     summary = flatten_dataset(tmp_path / "b", entries, test_sessions=5)

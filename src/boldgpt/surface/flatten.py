@@ -182,7 +182,11 @@ class _Reader:
         )
 
 
-def _expand(entries: Sequence[dict[str, Any]], reader: _Reader) -> list[_Map]:
+def _expand(
+    entries: Sequence[dict[str, Any]], reader: _Reader, non_finite: _NonFinite
+) -> list[_Map]:
+    """One :class:`_Map` per map of the entries, checked; each entry's files are read
+    once here (and scanned for non-finite values while they are in memory)."""
     from boldgpt.data.sources import normalize_subjects
 
     out: list[_Map] = []
@@ -230,56 +234,64 @@ def _expand(entries: Sequence[dict[str, Any]], reader: _Reader) -> list[_Map]:
         if split is not None and split not in ("train", "test"):
             raise DataError(f"{where}: split={split!r}; expected 'train' or 'test'")
         shared = _as_bool(entry.get("shared", False), "shared", where)
-        for i, s in zip(indexes, stimuli):
-            out.append(
-                _Map(
-                    entry["left"],
-                    entry["right"],
-                    i,
-                    subject,
-                    session,
-                    s,
-                    entry.get("image"),
-                    shared,
-                    split,
-                    where,
-                )
+        for i, stim_id in zip(indexes, stimuli):
+            m = _Map(
+                left=entry["left"],
+                right=entry["right"],
+                index=i,
+                subject=subject,
+                session=session,
+                stimulus=stim_id,
+                image=entry.get("image"),
+                shared=shared,
+                split=split,
+                where=where,
             )
+            non_finite.scan(m, reader)
+            out.append(m)
     if not out:
         raise DataError("no maps to flatten: the entries hold no maps")
     return out
 
 
-def _bad_vertices(
-    maps: list[_Map], reader: _Reader, geometry: SurfaceGeometry, nan: str
-) -> list[np.ndarray]:
-    """Per hemisphere, bool (V_h,): ROI vertices with a non-finite value in some map."""
-    bad = [np.zeros(n, dtype=bool) for n in geometry.num_vertices]
-    files: dict[str, int] = {}
-    for m in maps:
+class _NonFinite:
+    """Collects the ROI vertices that are non-finite in some map (per hemisphere, bool
+    (V_h,) in ``bad``), or raises at the first one with ``nan="error"``."""
+
+    def __init__(self, geometry: SurfaceGeometry, nan: str):
+        self.roi = geometry.roi
+        self.nan = nan
+        self.bad = [np.zeros(n, dtype=bool) for n in geometry.num_vertices]
+        self.files: dict[str, int] = {}
+
+    def scan(self, m: _Map, reader: _Reader) -> None:
         for h, values in enumerate(reader.pair(m)):
-            wrong = ~np.isfinite(values) & geometry.roi[h]
-            if wrong.any():
-                src = (m.left, m.right)[h]
-                label = os.fspath(src) if isinstance(src, (str, os.PathLike)) else m.where
-                if nan == "error":
-                    raise DataError(
-                        f"{label}: map {m.index} has {int(wrong.sum())} non-finite (NaN/inf) "
-                        f"value(s) at ROI vertices of the {meshes.HEMIS[h]} hemisphere "
-                        "(nan='mask' drops such vertices from the ROI instead)"
-                    )
-                files[label] = files.get(label, 0) + int(wrong.sum())
-                bad[h] |= wrong
-    if files:
-        listed = "; ".join(f"{f}: {n}" for f, n in list(files.items())[:5])
-        more = f" and {len(files) - 5} more file(s)" if len(files) > 5 else ""
+            wrong = ~np.isfinite(values) & self.roi[h]
+            if not wrong.any():
+                continue
+            src = (m.left, m.right)[h]
+            label = os.fspath(src) if isinstance(src, (str, os.PathLike)) else m.where
+            if self.nan == "error":
+                raise DataError(
+                    f"{label}: map {m.index} has {int(wrong.sum())} non-finite (NaN/inf) "
+                    f"value(s) at ROI vertices of the {meshes.HEMIS[h]} hemisphere "
+                    "(nan='mask' drops such vertices from the ROI instead)"
+                )
+            self.files[label] = self.files.get(label, 0) + int(wrong.sum())
+            self.bad[h] |= wrong
+
+    def warn(self) -> None:
+        if not self.files:
+            return
+        listed = "; ".join(f"{f}: {n}" for f, n in list(self.files.items())[:5])
+        more = f" and {len(self.files) - 5} more file(s)" if len(self.files) > 5 else ""
         warnings.warn(
-            f"non-finite (NaN/inf) values at {int(bad[0].sum())} left and {int(bad[1].sum())} "
-            f"right ROI vertices (values per file: {listed}{more}); these vertices are left "
-            "out of the ROI (and so out of the mask) for the whole dataset",
+            f"non-finite (NaN/inf) values at {int(self.bad[0].sum())} left and "
+            f"{int(self.bad[1].sum())} right ROI vertices (values per file: {listed}{more}); "
+            "these vertices are left out of the ROI (and so out of the mask) for the whole "
+            "dataset",
             stacklevel=3,
         )
-    return bad
 
 
 def _encode_png(array: np.ndarray) -> bytes:
@@ -382,8 +394,10 @@ def flatten_dataset(
         raise DataError(f"{out_dir} exists; pass overwrite=True (--overwrite) to replace it")
     geometry = build_geometry(flat, roi, placement)
     reader = _Reader(geometry.num_vertices)
-    maps = _expand(entries, reader)
-    bad = _bad_vertices(maps, reader, geometry, nan)
+    non_finite = _NonFinite(geometry, nan)
+    maps = _expand(entries, reader, non_finite)
+    non_finite.warn()
+    bad = non_finite.bad
     if any(b.any() for b in bad):
         rois = [r & ~b for r, b in zip(geometry.roi, bad)]
         geometry = build_geometry(flat, rois, placement)
