@@ -79,6 +79,11 @@ def test_noise_ceiling_by_hand():
     # normalization: r^2 0.3 over NC 60% -> 0.5; undefined where NC = 0
     out = encoding.noise_normalized([0.3, 0.5], [60.0, 0.0])
     assert out[0] == pytest.approx(0.5) and np.isnan(out[1])
+    # Algonauts: r -0.5 -> 0; 0.5 -> 0.25 / 0.5 = 0.5; 0.9 -> 0.81 / 0.5 = 1.62, capped at 1;
+    # NC 0 -> undefined
+    out = encoding.noise_normalized_r([-0.5, 0.5, 0.9, 0.3], [50.0, 50.0, 50.0, 0.0])
+    np.testing.assert_allclose(out[:3], [0.0, 0.5, 1.0])
+    assert np.isnan(out[3])
 
 
 @pytest.mark.parametrize("noise_var, expected_nc", [(1.0, 75.0), (3.0, 50.0)])
@@ -102,6 +107,7 @@ def test_noise_ceiling_of_known_repeat_structure(noise_var, expected_nc):
     # noiseless truth is 1.
     res = encoding.encoding_scores(signal, trials, ids, truth=signal)
     assert res.summary["r2_over_nc_median"] == pytest.approx(1.0, abs=0.05)
+    assert 0.95 < res.summary["nnea_median"] <= 1.0  # the same, capped at 1
     assert res.summary["nc_median"] == pytest.approx(expected_nc, abs=2.0)
     assert res.summary["r_truth_mean"] == pytest.approx(1.0)
     assert res.summary["r_mean"] == pytest.approx(math.sqrt(expected_nc / 100), abs=0.02)
@@ -233,6 +239,41 @@ def test_ssim_by_hand():
         reconstruction.ssim_per_image(np.zeros((1, 8, 8)), np.zeros((1, 8, 8)))
 
 
+def test_ssim_of_contrast_scaled_checkerboard_by_hand():
+    # x alternates m + d, m - d pixel by pixel; y = m + k (x - m). Away from the borders
+    # the Gaussian-weighted local means are m (to ~1e-6 d), variances d^2 and k^2 d^2,
+    # covariance k d^2 (population estimates), so
+    #   SSIM = (2 k d^2 + C2) / ((1 + k^2) d^2 + C2),  C2 = (0.03 * 1)^2 = 9e-4.
+    # m = 0.5, d = 0.05, k = 0.5: 0.0034 / 0.004025 = 0.844720 (with sample covariances,
+    # 121/120 times the variances, it would be 0.844432).
+    ii, jj = np.indices((40, 40))
+    x = 0.5 + 0.05 * np.where((ii + jj) % 2 == 0, 1.0, -1.0)
+    y = 0.5 + 0.5 * (x - 0.5)
+    expected = (2 * 0.5 * 0.05**2 + 9e-4) / ((1 + 0.25) * 0.05**2 + 9e-4)
+    assert reconstruction.ssim_per_image(y[None], x[None]) == pytest.approx([expected], rel=1e-6)
+
+
+def test_ssim_follows_its_definition():
+    # Wang et al. (2004) written out with scipy: Gaussian (sigma 1.5, truncated at 3.5
+    # sigma: an 11-pixel window) local means, population variances and covariance, the
+    # SSIM map averaged after dropping the 5-pixel border that the window overhangs.
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(7)
+    a = rng.random((24, 30))
+    b = np.clip(a + 0.3 * rng.normal(size=a.shape), 0, 1)
+
+    def g(v):
+        return gaussian_filter(v, 1.5, truncate=3.5)
+
+    ua, ub = g(a), g(b)
+    va, vb, cov = g(a * a) - ua**2, g(b * b) - ub**2, g(a * b) - ua * ub
+    c1, c2 = 0.01**2, 0.03**2
+    smap = (2 * ua * ub + c1) * (2 * cov + c2) / ((ua**2 + ub**2 + c1) * (va + vb + c2))
+    expected = smap[5:-5, 5:-5].mean()
+    assert reconstruction.ssim_per_image(a[None], b[None]) == pytest.approx([expected], rel=1e-9)
+
+
 def test_feature_two_way_by_hand():
     # features e0, e1, e2 in R^4: Pearson r(e_i, e_j) = -1/3 for i != j (centred rows
     # e_k - 1/4: dot -0.25, norm^2 0.75), r(e_i, e_i) = 1.
@@ -320,6 +361,22 @@ def test_classifiers_learn_signal_and_sit_at_chance_on_noise():
     r = probing.evaluate_probe(lambda: probing.pca_logistic(16), ntr, ytr, nte, yte, num_classes=4)
     assert abs(r.accuracy - 0.25) < 5 * 0.022
     assert r.chance == 0.25
+
+
+def test_raw_map_baselines_z_score_each_map():
+    # (1, 2, 3): mean 2, population sd sqrt(2/3) -> (-1.2247, 0, 1.2247); a constant map
+    # has no pattern -> zeros
+    z = probing.standardize_maps([[1.0, 2.0, 3.0], [4.0, 4.0, 4.0]])
+    np.testing.assert_allclose(z, [[-math.sqrt(1.5), 0.0, math.sqrt(1.5)], [0.0, 0.0, 0.0]])
+    # so the baselines ignore each map's overall gain and offset (the benchmark's
+    # normalization): the same predictions for a * map + b with per-map a > 0, b
+    rng = np.random.default_rng(8)
+    x, y = _category_maps(rng, 200)
+    gain, offset = rng.uniform(0.5, 3.0, size=(200, 1)), rng.normal(size=(200, 1))
+    for make in (lambda: probing.pca_logistic(8), lambda: probing.pca_mlp(8, hidden=16)):
+        p1 = make().fit(x, y).predict(x)
+        p2 = make().fit(gain * x + offset, y).predict(gain * x + offset)
+        assert (p1 == p2).mean() > 0.99
 
 
 def test_category_labels_from_annotations():

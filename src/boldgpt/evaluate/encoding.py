@@ -19,7 +19,10 @@ Neuroscience, and of the Algonauts 2023 challenge, Gifford et al. 2023):
   1), ``1/n`` becomes ``(A/3 + B/2 + C/1) / (A + B + C)``, NSD's own generalization.
 - **Noise-ceiling-normalized accuracy** (:func:`noise_normalized`): explained variance
   (``r^2`` or ``R^2`` per pixel) divided by ``NC / 100``; 1 means the model explains all
-  the explainable variance. Undefined (NaN) where ``NC <= 0``.
+  the explainable variance. Undefined (NaN) where ``NC <= 0``. The Algonauts 2023
+  variant (:func:`noise_normalized_r`, the challenge's score) first sets negative r to
+  0 and caps the ratio at 1 (100%); where NC is 0 the challenge's code divides by
+  ``1e-14``, which we leave undefined instead (excluded from means and medians).
 - On the embedded dataset, the same Pearson r **against the true noiseless maps**
   (``boldgpt.sim.load_ground_truth``) measures how close a model is to the truth
   without a ceiling: pass the noiseless maps as the target.
@@ -240,6 +243,23 @@ def noise_normalized(explained: Any, nc_percent: Any) -> np.ndarray:
     return out
 
 
+def noise_normalized_r(r: Any, nc_percent: Any) -> np.ndarray:
+    """Algonauts 2023 noise-normalized encoding accuracy of per-pixel correlations.
+
+    Args:
+        r: ``(P,)`` Pearson r per pixel (:func:`pearson_per_pixel`).
+        nc_percent: ``(P,)`` noise ceiling in percent (:func:`noise_ceiling`).
+
+    Returns:
+        ``(P,)`` ``min(1, max(r, 0)^2 / (nc_percent / 100))`` (a fraction; the challenge
+        prints it times 100); NaN where ``nc_percent <= 0`` or r is undefined.
+    """
+    rr = as_numpy(r, "r")
+    out = noise_normalized(np.maximum(rr, 0.0) ** 2, nc_percent)
+    out[np.isnan(rr)] = np.nan
+    return np.minimum(out, 1.0)
+
+
 @dataclass
 class EncodingResult:
     """Per-pixel and summary encoding scores of one model on one subject's held-out set.
@@ -289,8 +309,9 @@ def encoding_scores(
     Returns:
         :class:`EncodingResult`; ``summary`` has ``r_mean``, ``r_median``,
         ``r2_map_mean``, ``r2_pixel_mean`` and, with repeats, ``nc_median`` (percent),
-        ``r2_over_nc_mean`` / ``r2_over_nc_median`` (``r^2 / NC`` per pixel) and
-        ``R2_over_nc_median`` (``R^2 / NC``), and with ``truth`` ``r_truth_mean`` /
+        ``nnea_mean`` / ``nnea_median`` (Algonauts: :func:`noise_normalized_r`),
+        ``r2_over_nc_median`` (``r^2 / NC``, uncapped) and ``R2_over_nc_median``
+        (``R^2 / NC``, uncapped), and with ``truth`` ``r_truth_mean`` /
         ``r_truth_median``. Means and medians skip undefined (NaN) pixels.
     """
     y = flatten_maps(trials, mask, "trials")
@@ -319,9 +340,9 @@ def encoding_scores(
     if (np.unique(np.asarray(stimulus_ids), return_counts=True)[1] >= 2).any():
         res.nc = noise_ceiling(ncsnr(y, stimulus_ids), counts)
         s["nc_median"] = _nan_stat(np.median, res.nc)
-        norm_r2 = noise_normalized(res.r**2, res.nc)
-        s["r2_over_nc_mean"] = _nan_stat(np.mean, norm_r2)
-        s["r2_over_nc_median"] = _nan_stat(np.median, norm_r2)
+        nnea = noise_normalized_r(res.r, res.nc)
+        s["nnea_mean"], s["nnea_median"] = _nan_stat(np.mean, nnea), _nan_stat(np.median, nnea)
+        s["r2_over_nc_median"] = _nan_stat(np.median, noise_normalized(res.r**2, res.nc))
         s["R2_over_nc_median"] = _nan_stat(np.median, noise_normalized(res.r2_pixel, res.nc))
     if truth is not None:
         res.r_truth = pearson_per_pixel(p, flatten_maps(truth, mask, "truth"))

@@ -3,8 +3,8 @@
 Definitions (SPEC section 11; the conventions of Ozcelik & VanRullen 2023 and MindEye,
 Scotti et al. 2023, which the field's tables use):
 
-- Images are compared at one common size (resize before calling), as floats in
-  ``[0, 1]`` (uint8 inputs are divided by 255).
+- Images are compared at one common size (resize before calling; MindEye resizes
+  both to 425 x 425), as floats in ``[0, 1]`` (uint8 inputs are divided by 255).
 - **PixCorr**: per image pair, the Pearson r between the flattened reconstructed and
   true images (every pixel and channel), averaged over the pairs.
 - **SSIM** (Wang et al. 2004): both images converted to grayscale (ITU-R 709 luma,
