@@ -3,7 +3,7 @@
 A config file mirrors :class:`TrainConfig`::
 
     out_dir: runs/boldgpt_micro
-    data: {source: "sim:demo", batch_size: 32, subjects: [subj01, subj02]}
+    data: {source: "sim:ci", batch_size: 32, subjects: [subj01, subj02]}
     model: {name: boldgpt_micro_patch10, kwargs: {categorical: false}}
     optim: {lr: 1.0e-3, warmup_steps: 100}
     train: {max_steps: 2000, precision: bf16}
