@@ -483,3 +483,21 @@ def test_test_sessions_take_each_subjects_last_sessions(tmp_path):
     one = [{**entries[0], "left": entries[0]["left"][:1], "right": entries[0]["right"][:1]}]
     with pytest.raises(DataError, match="entry 0: subject 0 session 1 has one map"):
         flatten_dataset(tmp_path / "c", one)
+
+
+def test_bad_manifests_name_the_manifest_line(tmp_path):
+    from boldgpt.surface.flatten import read_manifest
+
+    np.save(tmp_path / "lh.npy", np.zeros((2, V5)))
+    np.save(tmp_path / "rh.npy", np.zeros((2, V5)))
+    (tmp_path / "a.csv").write_text("left,right,subject,sesion\nlh.npy,rh.npy,0,1\n")
+    with pytest.raises(DataError, match=r"a\.csv: manifest columns .*unknown \['sesion'\]"):
+        read_manifest(tmp_path / "a.csv")
+    (tmp_path / "b.csv").write_text(
+        "left,right,subject,session,map,image\nlh.npy,rh.npy,0,1,0,x.png\n"
+    )
+    with pytest.raises(DataError, match=r"b\.csv line 2: stimulus image .*x\.png does not exist"):
+        flatten_dataset(tmp_path / "out", read_manifest(tmp_path / "b.csv"))
+    (tmp_path / "c.csv").write_text("left,right,subject,session,map\nlh.npy,rh.npy,0,1,2\n")
+    with pytest.raises(DataError, match=r"c\.csv line 2: map=2 but the files hold 2 map"):
+        flatten_dataset(tmp_path / "out", read_manifest(tmp_path / "c.csv"))

@@ -397,6 +397,12 @@ def flatten_dataset(
     non_finite = _NonFinite(geometry, nan)
     maps = _expand(entries, reader, non_finite)
     non_finite.warn()
+    with_image = any(m.image is not None for m in maps)
+    for m in maps if with_image else []:
+        if m.image is None:
+            raise DataError(f"{m.where}: no image, but other entries have one; give all or none")
+        if not Path(m.image).is_file():
+            raise DataError(f"{m.where}: stimulus image {m.image} does not exist")
     bad = non_finite.bad
     if any(b.any() for b in bad):
         rois = [r & ~b for r, b in zip(geometry.roi, bad)]
@@ -437,10 +443,6 @@ def flatten_dataset(
             activity[i] = _encode_png(u)
 
     images: dict[str, bytes] = {}
-    with_image = any(m.image is not None for m in maps)
-    if with_image and not all(m.image is not None for m in maps):
-        first = next(m for m in maps if m.image is None)
-        raise DataError(f"{first.where}: no image, but other entries have one; give all or none")
     trial_counter: dict[int, int] = {}
     rows: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
     for m, png in zip(maps, activity):
