@@ -27,15 +27,29 @@ Neuroscience, and of the Algonauts 2023 challenge, Gifford et al. 2023):
   (``boldgpt.sim.load_ground_truth``) measures how close a model is to the truth
   without a ceiling: pass the noiseless maps as the target.
 
-How ``boldgpt eval`` will use this module (design note): for an encoding model it
-gathers the held-out split's trials of one subject (maps ``(T, 215, 200)`` and their
-``nsd_id``), predicts one map per unique stimulus, and calls :func:`encoding_scores`
-with the trials, the stimulus ids and the mask; the same call on the predictions of the
-baselines (mean map, ridge from image features, ridge from the simulator's true
-receptive-field features) gives the rows beside it, and the per-pixel ``r`` of the
-returned :class:`EncodingResult` is drawn as the encoding-accuracy flat map. With the
-simulator's ``load_ground_truth`` it also passes ``truth`` to score against the
-noiseless maps. Subjects are scored separately and averaged, as in the literature.
+How ``boldgpt eval`` will use these metric modules (design note, not built yet):
+
+- It reads the held-out split once (cache arrays: maps ``(T, 215, 200)``, ``nsd_id``,
+  ``subject_id``, images) and scores every subject separately, then averages subjects,
+  as the literature does. Each task runs the model and its baselines on the same rows
+  and puts them in one table with chance and, where it exists, the ceiling.
+- Encoding: one predicted map per unique stimulus; :func:`encoding_scores` with the
+  trials, their ``nsd_id`` and the mask; the baselines (mean map, ridge from image
+  features, ridge from the simulator's true receptive-field features) go through the
+  same call. ``truth=`` comes from ``boldgpt.sim.load_ground_truth`` on the embedded
+  data. The per-pixel ``r`` of :class:`EncodingResult` is the encoding-accuracy flat map.
+- Retrieval (``evaluate.retrieval.retrieval_top1``): map embeddings averaged over the
+  repeats of a stimulus against that stimulus's image embeddings, 300 candidates x 30
+  draws, seed in the JSON; both directions and ``two_way_identification``.
+- Reconstruction (``evaluate.reconstruction.reconstruction_scores``): images resized
+  to one size, features from whichever image encoder the run has.
+- Category decoding (``evaluate.probing.evaluate_probe``): labels from
+  ``main_category_labels`` (embedded) or ``load_nsd_category_labels`` (real NSD) looked
+  up by ``nsd_id``, rows labelled -1 dropped; the frozen model's embeddings with
+  ``linear_probe`` and the raw in-mask maps with ``pca_mlp`` / ``pca_logistic`` /
+  ``majority_class``, schemes ``within`` and ``cross`` (train split -> test split).
+- JSON: every ``summary`` dict as it is, keyed by task, model and baseline; the
+  Markdown table through ``evaluate.report.Report.comparison``.
 
 Every function takes numpy arrays or torch tensors and computes in float64 numpy.
 """
