@@ -157,3 +157,73 @@ def anatomy_figure(out: str | os.PathLike, geometry: SurfaceGeometry | None = No
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def round_trip_figure(out: str | os.PathLike, geometry: SurfaceGeometry | None = None) -> Path:
+    """The way back, drawn: real sulcal depth (z-scored over the ROI) flattened and coded
+    as uint8 like a dataset map (or a model's output), then sent back to the vertices
+    (:func:`boldgpt.surface.flatten.maps_to_surface`) and drawn on nilearn's inflated
+    fsaverage5 left hemisphere beside the original. Writes a PNG; returns its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from nilearn import plotting
+
+    from boldgpt.surface.flatten import maps_to_surface
+
+    geometry = geometry or build_geometry()
+    raster = geometry.raster
+    sulc = [meshes.load_anatomy("sulc", h) for h in meshes.HEMIS]
+    inside = [np.zeros(len(s), dtype=bool) for s in sulc]
+    for h in range(2):
+        inside[h][np.unique(geometry.faces[h])] = True
+    mean = np.concatenate([s[m] for s, m in zip(sulc, inside)]).mean()
+    std = np.concatenate([s[m] for s, m in zip(sulc, inside)]).std()
+    z = [(s - mean) / std for s in sulc]
+    coded = schema.quantize(raster.to_flat(*z, fill=0.0))
+    left, _ = maps_to_surface(coded, geometry)
+    back = left[0]
+    has = raster.has_value[0]
+    corr = float(np.corrcoef(np.clip(z[0][has], -2.5, 2.5), back[has])[0, 1])
+
+    fig = plt.figure(figsize=(15, 4.2))
+    ax = fig.add_subplot(1, 4, 1)
+    left_mm, right_mm, bottom, top = schema.MAP_RECT_MM
+    shown = np.where(raster.mask, schema.dequantize(coded), np.nan)
+    ax.imshow(shown, cmap="Greys", vmin=-2.5, vmax=2.5, extent=(left_mm, right_mm, bottom, top))
+    ax.set_title("flat map (uint8 code), z", fontsize=10)
+    ax.set_xlabel("x (mm)")
+    infl = str(meshes.fsaverage5_file("infl", "left"))
+    panels = [
+        (z[0], "medial", "original (left, medial)"),
+        (np.where(has, back, 0.0), "medial", "back from the flat map (medial)"),
+        (np.where(has, back, 0.0), "posterior", "back from the flat map (posterior)"),
+    ]
+    for k, (values, view, title) in enumerate(panels):
+        ax = fig.add_subplot(1, 4, k + 2, projection="3d")
+        plotting.plot_surf(
+            infl,
+            values,
+            hemi="left",
+            view=view,
+            axes=ax,
+            figure=fig,
+            cmap="Greys",
+            vmin=-2.5,
+            vmax=2.5,
+            engine="matplotlib",
+            colorbar=False,
+        )
+        ax.set_title(title, fontsize=10)
+    fig.suptitle(
+        "Flat map -> surface (boldgpt data to-surface): sulcal depth through the uint8 code "
+        f"and back; correlation with the original over the ROI's {int(has.sum()):,} left "
+        f"vertices: {corr:.3f}",
+        fontsize=10,
+    )
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return out
