@@ -41,7 +41,9 @@ class PatchModelConfig:
         input_key: the batch key the model reads: ``"activity"`` (BOLD flat maps
             (B, H, W), over a cortex mask) or ``"image"`` (RGB images (B, 3, S, S),
             full square).
-        image_size: S, the side of the images of an image model (None for maps).
+        image_size: S, the side of the images the model reads: its input (image
+            models) or the stimuli beside the maps (image2bold, CBIP); None for maps
+            alone.
         patch_size: patch side in pixels.
         channels: values per pixel (1 for maps, 3 for RGB).
         ordering: the fixed patch order (``raster``, ``radial``, ``reverse_radial``,
@@ -106,8 +108,8 @@ class PatchModelConfig:
                 raise bad("image_size", "a positive int for an image model")
             if self.image_size % self.patch_size:
                 raise bad("image_size", f"a multiple of patch_size={self.patch_size}")
-        elif self.image_size is not None:
-            raise bad("image_size", "None for a model over maps (input_key='activity')")
+        elif self.image_size is not None and "image" not in self.batch_keys:
+            raise bad("image_size", "None for a model over maps alone (no 'image' in batch_keys)")
         for name in ("patch_size", "channels", "embed_dim", "num_heads", "vocab_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise bad(name, "a positive int")

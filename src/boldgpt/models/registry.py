@@ -599,3 +599,15 @@ def _register_builtin() -> None:
         )
         register_model(f"imagegpt_{size}_patch16", IGPT, IGPTConfig(**image, shuffle=True))
         register_model(f"imagebeit_{size}_patch16", BEiT, BEiTConfig(**image))
+    _register_image_bold()
+
+
+def _register_image_bold() -> None:
+    """Image <-> BOLD families (maps with patch 10; stimuli of 64 px for the frozen
+    image encoder, by default a random ``imagebeit_micro_patch16``: a configuration
+    points ``image_encoder`` at a pretrained image model's directory)."""
+    from boldgpt.models.cbip import CBIP, CBIPConfig
+
+    for size in ("micro", "tiny", "small"):
+        side = dict(patch_size=10, image_size=64, **SIZES[size])
+        register_model(f"cbip_{size}_patch10", CBIP, CBIPConfig(num_registers=4, **side))

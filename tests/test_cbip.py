@@ -1,0 +1,169 @@
+"""CBIP (boldgpt.models.cbip): training step with a frozen image encoder, patch
+dropping that keeps slot positions, bad batches, and starting from a pretrained map
+model (boldgpt.models.pretrained.init_from)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from boldgpt.data.masks import named_mask
+from boldgpt.errors import CheckpointError, ConfigError, DataError
+from boldgpt.models.layers import param_groups
+from boldgpt.models.pretrained import init_from
+from boldgpt.models.registry import create_model, load_model, save_model
+
+SIZE = 32
+SMALL = dict(depth=1, embed_dim=32, num_heads=2, num_subjects=2)
+MASK = named_mask("sim")
+ENCODER = ""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def encoder_dir(tmp_path_factory):
+    """A small pretrained-image-model directory, the frozen encoder of these tests."""
+    global ENCODER
+    torch.manual_seed(0)
+    image_model = create_model("imagebeit_micro_patch16", image_size=SIZE, **SMALL)
+    ENCODER = str(save_model(image_model, tmp_path_factory.mktemp("enc") / "imagebeit"))
+    return ENCODER
+
+
+def cbip(**overrides):
+    torch.manual_seed(0)
+    kwargs = {**SMALL, "image_size": SIZE, "image_encoder": ENCODER, **overrides}
+    return create_model("cbip_micro_patch10", mask="sim", **kwargs)
+
+
+def batch(n: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "activity": torch.randn(n, *MASK.shape, generator=g),
+        "subject_id": torch.arange(n) % 2,
+        "image": torch.randn(n, 3, SIZE, SIZE, generator=g),
+        "nsd_id": torch.tensor([3, 5, 3, 9][:n]),
+    }
+
+
+def test_training_step_leaves_the_image_encoder_frozen():
+    model = cbip().train()
+    assert model.config.batch_keys == ("activity", "subject_id", "image", "nsd_id")
+    out = model(batch())
+    out.loss.backward()
+    assert out.output.shape == (4, model.image_encoder.embed_dim) == out.target.shape
+    assert all(p.grad is None for p in model.image_encoder.parameters())
+    assert model.backbone.pos_embed.grad.abs().sum() > 0
+    assert model.loss_fn.log_scale.grad is not None
+    assert not model.image_encoder.training and len(model.target_cache) == 3  # ids 3, 5, 9
+    assert 0 <= out.metrics["top1"].item() <= 1
+    # the optimizer never sees the frozen encoder
+    params = {id(p) for g in param_groups(model, 0.05) for p in g["params"]}
+    assert not params & {id(p) for p in model.image_encoder.parameters()}
+
+
+def test_patch_dropping_keeps_each_patch_at_its_own_slot():
+    model = cbip(patch_drop=0.5)
+    N = model.num_patches
+    b = batch()
+    patches = model.patchify(b["activity"])
+    slots = model.kept_slots(4, generator=torch.Generator().manual_seed(1))
+    K = N - round(0.5 * N)
+    assert slots.shape == (4, K)
+    assert all(len(set(row.tolist())) == K for row in slots) and not torch.equal(slots[0], slots[1])
+    tokens = model.tokens(patches, b["subject_id"], slots)
+    P, bb = model.backbone.num_prefix, model.backbone
+    for i in range(4):
+        for k in (0, K // 2, K - 1):
+            s = int(slots[i, k])
+            expected = bb.patch_embed(patches[i, s]) + bb.pos_embed[s]
+            torch.testing.assert_close(tokens[i, P + k], expected)
+    # dropped patches do not matter; kept ones do
+    model.eval()
+    with torch.no_grad():
+        ref = model.embed_bold_patches(patches, b["subject_id"], slots)
+        dropped = torch.ones(N, dtype=torch.bool)
+        dropped[slots[0]] = False
+        changed = patches.clone()
+        changed[0, dropped] += 5.0
+        torch.testing.assert_close(model.embed_bold_patches(changed, b["subject_id"], slots), ref)
+        changed[0, slots[0, 0]] += 5.0
+        assert not torch.allclose(
+            model.embed_bold_patches(changed, b["subject_id"], slots)[0], ref[0]
+        )
+
+
+def test_bad_batches_and_configs_are_clear_errors():
+    model = cbip()
+    b = batch()
+    del b["image"]
+    with pytest.raises(DataError, match=r"needs batch\['image'\] \(B, 3, 32, 32\)"):
+        model(b)
+    b = batch()
+    b["image"] = torch.zeros(4, 3, 64, 64)
+    with pytest.raises(DataError, match=r"\(B, 3, 32, 32\).*got \(4, 3, 64, 64\)"):
+        model(b)
+    with pytest.raises(ConfigError, match="loss='triplet'"):
+        cbip(loss="triplet")
+    with pytest.raises(ConfigError, match="image_size=None"):
+        cbip(image_size=None)
+    with pytest.raises(ConfigError, match="no such model directory"):
+        cbip(image_encoder="/no/such/encoder")
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = cbip().eval()
+    save_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert type(loaded).__name__ == "CBIP" and loaded.config == model.config
+    b = batch()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded.encode_bold(b["activity"], b["subject_id"]),
+            model.encode_bold(b["activity"], b["subject_id"]),
+        )
+
+
+def _assert_exactly_reported(model, before, source_state, report):
+    after = model.state_dict()
+    for key in after:
+        if key in report.loaded:
+            assert torch.equal(after[key], source_state[key]), key
+        else:
+            assert torch.equal(after[key], before[key]), key
+
+
+def test_init_from_a_pretrained_beit_transfers_exactly_what_it_reports(tmp_path):
+    torch.manual_seed(1)
+    beit = create_model("boldbeit_micro_patch10", mask="sim", **SMALL)
+    save_model(beit, tmp_path / "beit")
+    model = cbip()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = init_from(model, tmp_path / "beit")
+    _assert_exactly_reported(model, before, beit.state_dict(), report)
+    assert "backbone.blocks.0.attn.q.weight" in report.loaded
+    assert "backbone.pos_embed" in report.loaded
+    assert "head.weight" in report.new and "backbone.reg_embed" in report.new
+    assert report.skipped["head.weight"].startswith("name: CBIP does not take it")
+    assert report.skipped["backbone.mask_token"] == "name: CBIP has no such tensor"
+    assert not any(k.startswith("image_encoder.") for k in report.loaded)
+    assert any("loaded  backbone.pos_embed" in line for line in report.lines())
+
+
+def test_init_from_matches_slots_by_place_and_refuses_other_geometry():
+    torch.manual_seed(2)
+    raster = create_model("boldbeit_micro_patch10", mask="sim", ordering="raster", **SMALL)
+    model = cbip()  # radial order
+    report = init_from(model, raster)
+    assert "backbone.pos_embed" in report.loaded
+    mine, theirs = model.patchify.patch_indices, raster.patchify.patch_indices
+    for i in (0, 7, model.num_patches - 1):
+        j = int((theirs == mine[i]).nonzero())
+        assert torch.equal(model.backbone.pos_embed[i], raster.backbone.pos_embed[j])
+    with pytest.raises(CheckpointError, match="cuts 16 px patches.*needs 10 px"):
+        init_from(model, create_model("boldbeit_micro_patch16", mask="sim", **SMALL))
+    other = MASK.copy()
+    other[100, :] = False
+    with pytest.raises(CheckpointError, match="another mask"):
+        init_from(model, create_model("boldbeit_micro_patch10", mask=other, **SMALL))
+    with pytest.raises(CheckpointError, match="expected a model over BOLD maps"):
+        init_from(model, create_model("imagebeit_micro_patch16", image_size=SIZE, **SMALL))
