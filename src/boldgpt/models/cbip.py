@@ -29,9 +29,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from boldgpt.errors import ConfigError, DataError
+from boldgpt.errors import ConfigError
 from boldgpt.models.config import PatchModelConfig
-from boldgpt.models.encoders import EncoderOutput, TargetCache, build_image_encoder
+from boldgpt.models.encoders import (
+    EncoderOutput,
+    TargetCache,
+    batch_images,
+    build_image_encoder,
+)
 from boldgpt.models.losses import LOSSES, make_contrastive_loss
 from boldgpt.models.transformer import ModelOutput, PatchModel
 
@@ -197,19 +202,6 @@ class CBIP(PatchModel):
             return self.target_cache(self.image_encoder, images, nsd_id)
         return self.image_encoder(images)
 
-    def check_images(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        """The batch's images, or a DataError saying what this model needs."""
-        if "image" not in batch:
-            S = self.config.image_size
-            raise DataError(
-                f"{type(self).__name__} needs batch['image'] (B, 3, {S}, {S}), the stimuli of "
-                f"the maps; the batch has {sorted(batch)} (cache the data with images: "
-                f"image_size={S})"
-            )
-        images = batch["image"]
-        self.image_encoder.check_images(images)
-        return images.to(self.device)
-
     def forward(self, batch: Mapping[str, torch.Tensor]) -> ModelOutput:
         """Contrastive loss of a prepared batch.
 
@@ -225,7 +217,7 @@ class CBIP(PatchModel):
             (in-batch retrieval) and the loss's scale (and bias).
         """
         maps, subject_id = self.check_inputs(batch)
-        images = self.check_images(batch)
+        images = batch_images(batch, self.image_encoder, type(self).__name__).to(self.device)
         nsd_id = batch.get("nsd_id")
         slots = None
         if self.training and self.config.patch_drop > 0:

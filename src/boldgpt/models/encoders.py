@@ -23,9 +23,10 @@ encoder runs once per picture rather than once per trial.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -218,6 +219,19 @@ def build_image_encoder(spec: str, image_size: int | None = None) -> ImageEncode
             f"image_size is {image_size} (set image_size={encoder.image_size})"
         )
     return encoder
+
+
+def batch_images(batch: Mapping[str, Any], encoder: ImageEncoder, model: str) -> torch.Tensor:
+    """``batch["image"]`` checked against ``encoder``; a DataError naming what the
+    model called ``model`` needs when the batch has no images."""
+    if "image" not in batch:
+        S = encoder.image_size
+        raise DataError(
+            f"{model} needs batch['image'] (B, 3, {S}, {S}), the stimuli of the maps; the "
+            f"batch has {sorted(batch)} (cache the data with images: image_size={S})"
+        )
+    encoder.check_images(batch["image"])
+    return batch["image"]
 
 
 class TargetCache:

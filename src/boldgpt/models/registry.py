@@ -6,7 +6,10 @@ Names follow ``{family}_{size}_patch{p}``:
   maps), ``imagegpt`` / ``imagebeit`` (the same objectives on RGB images, full square);
 - sizes ``micro`` (128 wide, 4 deep, 4 heads: a CPU demo), ``tiny`` (192, 12, 3),
   ``small`` (384, 12, 6), ``base`` (768, 12, 12);
-- patch 10 or 16 for BOLD maps, 16 for images.
+- patch 10 or 16 for BOLD maps, 16 for images;
+- image <-> BOLD families ``cbip`` (contrastive BOLD encoder) and ``image2bold``
+  (encoding IGPT cross-attending to an image encoder), sizes micro, tiny, small, patch
+  10 (see :mod:`boldgpt.models.cbip`, :mod:`boldgpt.models.image2bold`).
 
 ``igpt`` and ``beit`` name the bare classes with their configs' defaults (used for
 converted checkpoints). Other modules add families with :func:`register_model`.
@@ -607,7 +610,9 @@ def _register_image_bold() -> None:
     image encoder, by default a random ``imagebeit_micro_patch16``: a configuration
     points ``image_encoder`` at a pretrained image model's directory)."""
     from boldgpt.models.cbip import CBIP, CBIPConfig
+    from boldgpt.models.image2bold import Image2BOLD, Image2BOLDConfig
 
     for size in ("micro", "tiny", "small"):
         side = dict(patch_size=10, image_size=64, **SIZES[size])
         register_model(f"cbip_{size}_patch10", CBIP, CBIPConfig(num_registers=4, **side))
+        register_model(f"image2bold_{size}_patch10", Image2BOLD, Image2BOLDConfig(**side))

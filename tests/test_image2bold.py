@@ -1,0 +1,123 @@
+"""image2bold (boldgpt.models.image2bold): training step with a frozen image encoder,
+one-pass prediction through generate.complete(method="query") that depends on the
+sample's own picture only, starting from a pretrained boldGPT, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from boldgpt.data.masks import named_mask
+from boldgpt.errors import ConfigError, DataError
+from boldgpt.generate import complete
+from boldgpt.models.pretrained import init_from
+from boldgpt.models.registry import create_model, load_model, save_model
+
+SIZE = 32
+SMALL = dict(depth=1, embed_dim=32, num_heads=2, num_subjects=2)
+MASK = named_mask("sim")
+ENCODER = ""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def encoder_dir(tmp_path_factory):
+    """A small pretrained-image-model directory, the frozen encoder of these tests."""
+    global ENCODER
+    torch.manual_seed(0)
+    image_model = create_model("imagebeit_micro_patch16", image_size=SIZE, **SMALL)
+    ENCODER = str(save_model(image_model, tmp_path_factory.mktemp("enc") / "imagebeit"))
+    return ENCODER
+
+
+def image2bold(**overrides):
+    torch.manual_seed(0)
+    kwargs = {**SMALL, "image_size": SIZE, "image_encoder": ENCODER, **overrides}
+    return create_model("image2bold_micro_patch10", mask="sim", **kwargs)
+
+
+def batch(n: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "activity": torch.randn(n, *MASK.shape, generator=g),
+        "subject_id": torch.arange(n) % 2,
+        "image": torch.randn(n, 3, SIZE, SIZE, generator=g),
+        "nsd_id": torch.arange(n) + 100,
+    }
+
+
+def test_training_step_trains_cross_attention_not_the_encoder():
+    model = image2bold().train()
+    assert model.config.context_dim == model.image_encoder.embed_dim == 32
+    out = model(batch())
+    out.loss.backward()
+    assert out.output.shape == (3, model.num_patches, 100)
+    assert all(p.grad is None for p in model.image_encoder.parameters())
+    assert model.backbone.blocks[0].cross.q.weight.grad.abs().sum() > 0
+    assert model.backbone.cross_embed.weight.grad.abs().sum() > 0
+
+
+def predict(model, b):
+    """One-pass maps' patches (B, N, P): every slot queried from picture + subject."""
+    B, N, P = b["activity"].shape[0], model.num_patches, model.patchify.dim
+    context = model.image_context(b["image"])
+    empty = torch.zeros(B, N, dtype=torch.bool)
+    return complete(
+        model, torch.zeros(B, N, P), empty, subject_id=b["subject_id"], context=context,
+        method="query",
+    )  # fmt: skip
+
+
+def test_prediction_depends_on_the_samples_own_picture_only():
+    model = image2bold().eval()
+    b = batch()
+    ref = predict(model, b)
+    other = dict(b, image=b["image"].clone())
+    other["image"][1] += 1.0  # change sample 1's picture
+    moved = predict(model, other)
+    assert (moved[1] - ref[1]).abs().max() > 1e-4
+    torch.testing.assert_close(moved[[0, 2]], ref[[0, 2]])
+    # the one-pass estimate of a slot = the model's first prediction when that slot
+    # comes first in the order (on the slot's in-mask pixels)
+    order = torch.arange(model.num_patches).roll(-5).expand(3, -1)
+    with torch.no_grad():
+        first = model(b, order=order).output[:, 0]
+    inside = model.patchify.patch_mask[5]
+    assert inside.sum() > 0
+    torch.testing.assert_close(first[:, inside], ref[:, 5, inside], rtol=1e-4, atol=1e-5)
+
+
+def test_init_from_a_pretrained_boldgpt_transfers_exactly_what_it_reports(tmp_path):
+    torch.manual_seed(1)
+    boldgpt = create_model("boldgpt_micro_patch10", mask="sim", **SMALL)
+    save_model(boldgpt, tmp_path / "boldgpt")
+    model = image2bold()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = init_from(model, tmp_path / "boldgpt")
+    source = boldgpt.state_dict()
+    after = model.state_dict()
+    for key in after:
+        expected = source[key] if key in report.loaded else before[key]
+        assert torch.equal(after[key], expected), key
+    assert {"head.weight", "backbone.next_pos_query", "backbone.pos_embed"} <= set(report.loaded)
+    cross = {"backbone.cross_embed.weight", "backbone.blocks.0.cross.q.weight"}
+    assert cross <= set(report.new)
+    assert report.skipped == {
+        k: "patching geometry: the model's own (checked equal)"
+        for k in source
+        if k.startswith("patchify.")
+    }
+
+
+def test_save_load_and_bad_input(tmp_path):
+    model = image2bold().eval()
+    save_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    b = batch()
+    torch.testing.assert_close(predict(loaded, b), predict(model, b))
+    del b["image"]
+    with pytest.raises(DataError, match=r"Image2BOLD needs batch\['image'\] \(B, 3, 32, 32\)"):
+        model(b)
+    with pytest.raises(ConfigError, match="gives 32-wide features"):
+        image2bold(context_dim=64)
+    with pytest.raises(ConfigError, match="reads BOLD maps"):
+        image2bold(input_key="image", image_size=40)
