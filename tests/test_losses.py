@@ -138,6 +138,10 @@ def _worker(rank: int, out_dir: str) -> None:
             value, _ = loss(b, image[2 * rank : 2 * rank + 2], ids[2 * rank : 2 * rank + 2])
             value.backward()
             results[name] = (value.item(), b.grad.clone(), loss.log_scale.grad.item())
+            local, _ = loss(
+                b, image[2 * rank : 2 * rank + 2], ids[2 * rank : 2 * rank + 2], gather=False
+            )
+            results[name + " local"] = local.item()
         torch.save(results, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -147,7 +151,8 @@ def _worker(rank: int, out_dir: str) -> None:
 def test_gathered_losses_and_gradients_match_one_process(tmp_path):
     """Each rank computes the global loss; its local embeddings get world_size x the
     single-process gradient (the sum over every rank's loss), which DDP's averaging
-    brings back to exactly the single-process gradient."""
+    brings back to exactly the single-process gradient. ``gather=False``: the loss of
+    the rank's own trials."""
     mp.spawn(_worker, args=(str(tmp_path),), nprocs=2, join=True)
     bold, image, ids = _ddp_inputs()
     for name in ("clip", "siglip"):
@@ -160,3 +165,7 @@ def test_gathered_losses_and_gradients_match_one_process(tmp_path):
             assert value == pytest.approx(ref.item(), rel=1e-5)
             torch.testing.assert_close(grad / 2, b.grad[2 * rank : 2 * rank + 2])
             assert scale_grad == pytest.approx(loss.log_scale.grad.item(), rel=1e-5)
+            part = slice(2 * rank, 2 * rank + 2)
+            alone, _ = loss(bold[part], image[part], ids[part])  # this rank's trials only
+            local = torch.load(tmp_path / f"rank{rank}.pt")[name + " local"]
+            assert local == pytest.approx(alone.item(), rel=1e-5)

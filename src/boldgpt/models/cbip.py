@@ -226,7 +226,8 @@ class CBIP(PatchModel):
         bold = self.embed_bold_patches(patches, subject_id, slots)
         image = self.encode_images(images, nsd_id).pooled
         sid = None if nsd_id is None else torch.as_tensor(nsd_id, device=bold.device)
-        loss, metrics = self.loss_fn(bold, image, sid)
+        # the global batch's negatives in training; evaluation stays per rank
+        loss, metrics = self.loss_fn(bold, image, sid, gather=self.training)
         return ModelOutput(
             loss=loss,
             output=bold,

@@ -30,7 +30,7 @@ gradient of every rank's loss with respect to its own embeddings: every rank
 computes the same global loss, and after DDP averages the gradients they equal those
 of one process holding the whole global batch. Every rank must hold the same number
 of trials (train with ``drop_last``). Without an initialised process group the
-gather is a no-op.
+gather is a no-op; ``gather=False`` skips it (CBIP evaluates per rank).
 """
 
 from __future__ import annotations
@@ -96,16 +96,19 @@ def _check_pair(bold: torch.Tensor, image: torch.Tensor) -> None:
 
 
 def _similarities(
-    bold: torch.Tensor, image: torch.Tensor, stimulus_id: torch.Tensor | None
+    bold: torch.Tensor, image: torch.Tensor, stimulus_id: torch.Tensor | None, gather: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine similarities (B', B') and positives (B', B') over the global batch."""
+    """Cosine similarities (B', B') and positives (B', B') over the global batch
+    (``gather``) or the local one."""
     _check_pair(bold, image)
     if stimulus_id is not None:
         stimulus_id = torch.as_tensor(stimulus_id, device=bold.device)
         positives(stimulus_id, bold.shape[0], bold.device)  # shape check on the local part
-        stimulus_id = gather_ids(stimulus_id)
-    bold = F.normalize(gather_embeddings(bold.float()), dim=-1)
-    image = F.normalize(gather_embeddings(image.float()), dim=-1)
+        if gather:
+            stimulus_id = gather_ids(stimulus_id)
+    if gather:
+        bold, image = gather_embeddings(bold.float()), gather_embeddings(image.float())
+    bold, image = F.normalize(bold.float(), dim=-1), F.normalize(image.float(), dim=-1)
     return bold @ image.T, positives(stimulus_id, bold.shape[0], bold.device)
 
 
@@ -133,10 +136,17 @@ class ClipLoss(nn.Module):
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
 
     def forward(
-        self, bold: torch.Tensor, image: torch.Tensor, stimulus_id: torch.Tensor | None = None
+        self,
+        bold: torch.Tensor,
+        image: torch.Tensor,
+        stimulus_id: torch.Tensor | None = None,
+        *,
+        gather: bool = True,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """bold (B, C), image (B, C), stimulus_id (B,) -> (scalar loss, metrics)."""
-        sim, pos = _similarities(bold, image, stimulus_id)
+        """bold (B, C), image (B, C), stimulus_id (B,) -> (scalar loss, metrics);
+        ``gather=False``: this rank's batch only (e.g. evaluation, where the last
+        batches of the ranks may differ in size)."""
+        sim, pos = _similarities(bold, image, stimulus_id, gather)
         scale = self.log_scale.clamp(max=math.log(MAX_CLIP_SCALE)).exp()
         logits = scale * sim
         target = pos / pos.sum(dim=1, keepdim=True)  # pos is symmetric: columns alike
@@ -163,10 +173,17 @@ class SigLipLoss(nn.Module):
         self.bias = nn.Parameter(torch.tensor(float(init_bias)))
 
     def forward(
-        self, bold: torch.Tensor, image: torch.Tensor, stimulus_id: torch.Tensor | None = None
+        self,
+        bold: torch.Tensor,
+        image: torch.Tensor,
+        stimulus_id: torch.Tensor | None = None,
+        *,
+        gather: bool = True,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """bold (B, C), image (B, C), stimulus_id (B,) -> (scalar loss, metrics)."""
-        sim, pos = _similarities(bold, image, stimulus_id)
+        """bold (B, C), image (B, C), stimulus_id (B,) -> (scalar loss, metrics);
+        ``gather=False``: this rank's batch only (e.g. evaluation, where the last
+        batches of the ranks may differ in size)."""
+        sim, pos = _similarities(bold, image, stimulus_id, gather)
         scale = self.log_scale.exp()
         logits = scale * sim + self.bias
         labels = 2 * pos - 1
@@ -183,10 +200,16 @@ class CosineLoss(nn.Module):
     """``mean_i (1 - cos(bold_i, image_i))``: regression onto each trial's own target."""
 
     def forward(
-        self, bold: torch.Tensor, image: torch.Tensor, stimulus_id: torch.Tensor | None = None
+        self,
+        bold: torch.Tensor,
+        image: torch.Tensor,
+        stimulus_id: torch.Tensor | None = None,
+        *,
+        gather: bool = True,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """bold (B, C), image (B, C) -> (scalar loss, metrics); ``stimulus_id`` only
-        serves the retrieval metric."""
+        serves the retrieval metric (within this rank's batch: the loss has no
+        negatives, so ``gather`` changes nothing)."""
         _check_pair(bold, image)
         cos = F.cosine_similarity(bold.float(), image.float(), dim=-1)
         loss = (1 - cos).mean()
