@@ -4,6 +4,9 @@ model (boldgpt.models.pretrained.init_from)."""
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -167,3 +170,42 @@ def test_init_from_matches_slots_by_place_and_refuses_other_geometry():
         init_from(model, create_model("boldbeit_micro_patch10", mask=other, **SMALL))
     with pytest.raises(CheckpointError, match="expected a model over BOLD maps"):
         init_from(model, create_model("imagebeit_micro_patch16", image_size=SIZE, **SMALL))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["cbip", "image2bold"])
+def test_shipped_config_trains_through_the_engine(tmp_path, family):
+    """`boldgpt train configs/<family>_micro.yaml` (shrunk, the encoder pointed at a small
+    image model): the batch hook caches the stimuli at 64 px beside the maps, the
+    model trains and is saved, and the saved model loads with its image side."""
+    from boldgpt.cli import main
+    from boldgpt.engine.logs import read_log
+    from nsd_tiny import build_tiny_nsd
+
+    tiny = build_tiny_nsd(tmp_path / "nsd", subjects=(0,), sessions=2, trials_per_session=12)
+    torch.manual_seed(0)
+    image_model = create_model("imagebeit_micro_patch16", image_size=64, **SMALL)
+    encoder = save_model(image_model, tmp_path / "encoder")
+    config = Path(__file__).resolve().parents[1] / "configs" / f"{family}_micro.yaml"
+    overrides = [
+        f"out_dir={tmp_path / 'run'}",
+        f"data.source={tiny.root}",
+        f"data.cache_root={tmp_path / 'cache'}",
+        "data.batch_size=4",
+        "train.max_steps=2",
+        "train.eval_every=2",
+        "train.eval_batches=1",
+        "optim.warmup_steps=1",
+        "checkpoint.every=2",
+        "log.every=1",
+        "log.progress=false",
+        "log.tensorboard=false",
+        f"model.kwargs.image_encoder={encoder}",
+        *[f"model.kwargs.{k}={v}" for k, v in SMALL.items() if k != "num_subjects"],
+    ]
+    assert main(["train", str(config), *overrides]) == 0
+    rows = read_log(tmp_path / "run")
+    assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2]
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    model = load_model(tmp_path / "run" / "model")
+    assert model.config.image_size == 64 and model.image_encoder.image_size == 64
