@@ -7,7 +7,10 @@ Modules: ``config`` (one frozen dataclass per family: ``PatchModelConfig``,
 weight-decay rule ``param_groups``), ``transformer`` (backbone and ``PatchModel``
 base), ``igpt``, ``beit``, ``checks`` (input value checks without device syncs),
 ``registry`` (presets, ``create_model``, ``model_config``, ``describe``, model
-directories, hub), ``original`` (seed-project checkpoints), ``pca`` (MaskedPCA).
+directories, hub), ``original`` (seed-project checkpoints), ``pca`` (MaskedPCA);
+image <-> BOLD: ``encoders`` (frozen image encoders), ``losses`` (CLIP, SigLIP,
+cosine), ``cbip``, ``image2bold``, ``pretrained`` (``init_from``: start from a
+pretrained map model).
 Generation (sampling, completion) lives in :mod:`boldgpt.generate` and takes a model.
 
 The names below are imported lazily (``from boldgpt.models import IGPT``), so that
@@ -39,6 +42,12 @@ _LAZY = {
     "push_to_hub": "boldgpt.models.registry",
     "load_original_checkpoint": "boldgpt.models.original",
     "MaskedPCA": "boldgpt.models.pca",
+    "CBIP": "boldgpt.models.cbip",
+    "CBIPConfig": "boldgpt.models.cbip",
+    "Image2BOLD": "boldgpt.models.image2bold",
+    "Image2BOLDConfig": "boldgpt.models.image2bold",
+    "build_image_encoder": "boldgpt.models.encoders",
+    "init_from": "boldgpt.models.pretrained",
 }
 
 __all__, __getattr__, __dir__ = lazy_exports("boldgpt.models", _LAZY, globals())
