@@ -1,119 +1,241 @@
-"""Model speed: training throughput and sampling with / without the KV cache.
+"""Model speed against the machine's limits.
 
-- ``train``: samples/s of a full AdamW step (forward, backward, update) of
-  ``boldgpt_small_patch10`` (continuous, batch 16, the 253 patches of the real NSD
-  mask, fp32), and the model FLOP utilization against this machine's measured fp32
-  matmul peak (FLOPs from ``model.estimate_flops()``, x3 for forward + backward).
-- ``sample``: seconds to sample 4 full maps with ``boldgpt_tiny_patch10``, with the
-  KV cache and without it (recomputing the whole prefix each step); the ratio is the
-  cache's speed-up.
+Cases (``--only`` matches their names, e.g. ``--only train``, ``--only sample``):
 
-``--quick`` uses the micro model for sampling and fewer repeats (a smoke run).
-Runs on the GPU when one is available.
+- ``train``: samples/s of a full AdamW step (forward, backward, update) at batch 16
+  over the real NSD-Flat mask (253 patches), fp32 and bf16 autocast, for
+  ``boldgpt_tiny_patch10``, ``boldgpt_small_patch10`` (continuous and tokens) and
+  ``boldbeit_small_patch10``; model FLOP/s as a fraction of the measured matmul peak of
+  the dtype the products run in (model FLOPs per sample: 6 x non-embedding parameters x
+  tokens + 12 x layers x tokens^2 x width, tokens = patches + 1).
+- ``compile``: the same step of ``boldgpt_tiny_patch10`` under ``torch.compile``: compile
+  time (first steps) and samples/s against eager in the same run.
+- ``sample``: ``boldgpt_tiny_patch10`` drawing full maps with the KV cache at batch 1, 4
+  and 64 (seconds per batch, maps/s, tokens/s), and batch 4 without the cache; decoding
+  runs on one CPU thread, as ``boldgpt generate`` does (small products gain nothing from
+  a second thread and lose much when the cores are shared).
+- ``create``: seconds to build ``boldgpt_small_patch10``.
+
+``--quick`` uses ``boldgpt_micro_patch10`` and fewer repeats (a smoke run).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import contextlib
+import time
+from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 
+from boldgpt.generate import sample
 from boldgpt.models.registry import create_model
-from common import Row, matmul_peak_gflops, timeit
+from common import (
+    Context,
+    Row,
+    load_mask,
+    non_embedding_params,
+    sequence_tokens,
+    synced,
+    timeit,
+    torch_threads,
+    train_flops_per_sample,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-NSD_MASK = REPO / ".." / "shared" / "nsd" / "nsd_flat_mask.npy"
-
-
-def load_mask() -> tuple[np.ndarray, str]:
-    """The real NSD-Flat mask when ../shared is present, else the embedded one."""
-    if NSD_MASK.exists():
-        return np.load(NSD_MASK), "nsd_flat_mask"
-    from boldgpt.sim import default_mask
-
-    return default_mask(), "sim default_mask"
-
-
-def _synced(fn: Any, device: torch.device) -> Any:
-    def run() -> None:
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    return run
+BATCH = 16
+TARGETS = {  # (model, variant, dtype) -> minimum fraction of that dtype's matmul peak
+    ("boldgpt_small_patch10", "continuous", "float32"): 0.90,
+    ("boldgpt_small_patch10", "continuous", "bfloat16"): 0.75,
+    ("boldgpt_tiny_patch10", "continuous", "float32"): 0.80,
+}
 
 
-def bench_train(mask: np.ndarray, device: torch.device, quick: bool) -> Row:
+def _autocast(device: torch.device, dtype: str) -> Any:
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=getattr(torch, dtype))
+
+
+def _batch(mask: Any, model: Any, device: torch.device, batch: int) -> dict[str, torch.Tensor]:
+    m = model.patchify.mask.to(device)
     torch.manual_seed(0)
-    name, B = "boldgpt_small_patch10", 16
-    model = create_model(name, mask=mask).to(device).train()
-    optimizer = torch.optim.AdamW(model.param_groups(0.05), lr=1e-4)
-    m = torch.from_numpy(mask).to(device)
-    batch = {
-        "activity": (torch.randn(B, *mask.shape, device=device) * m).clamp(-2.5, 2.5),
-        "subject_id": torch.arange(B, device=device) % 8,
-    }
+    activity = (torch.randn(batch, *m.shape, device=device) * m).clamp(-2.5, 2.5)
+    return {"activity": activity, "subject_id": torch.arange(batch, device=device) % 8}
+
+
+def _build(name: str, variant: str, mask: Any, device: torch.device) -> Any:
+    torch.manual_seed(0)
+    kwargs = {"categorical": True} if variant == "tokens" else {}
+    model = create_model(name, mask=mask, **kwargs).to(device).train()
+    if variant == "tokens":
+        # any non-zero vocabulary will do for speed; fitting k-means is not measured
+        with torch.no_grad():
+            model.tokenizer.vocab.copy_(torch.randn_like(model.tokenizer.vocab))
+    return model
+
+
+def _train_step(model: Any, batch: dict, device: torch.device, dtype: str) -> Callable[[], None]:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        model(batch).loss.backward()
+        with _autocast(device, dtype):
+            loss = model(batch).loss
+        loss.float().backward()
         optimizer.step()
 
-    seconds = timeit(_synced(step, device), repeat=2 if quick else 5, warmup=1)
-    flops = 3 * model.estimate_flops() * B / seconds / 1e9
-    peak = matmul_peak_gflops(device=device.type)
+    return synced(step, device)
+
+
+def _train_row(
+    ctx: Context, name: str, variant: str, dtype: str, seconds: float, model: Any, **extra: Any
+) -> Row:
+    flops = train_flops_per_sample(model) * BATCH / seconds / 1e9
+    peak = ctx.peak_gflops.get(dtype)
+    target = TARGETS.get((name, variant, dtype))
+    ratio = flops / peak if peak else None
     return Row(
         bench="models",
-        case=f"train {name} B={B} fp32 ({model.num_patches} patches)",
-        value=B / seconds,
+        case=f"train {name} {variant} B={BATCH} {dtype}",
+        value=BATCH / seconds,
         unit="samples/s",
-        baseline="fp32 matmul peak (MFU)",
-        ratio=flops / peak,
+        baseline=f"{dtype} matmul peak (MFU)",
+        ratio=ratio,
+        target=f">= {target:.2f}" if target else "",
+        met=None if target is None or ratio is None else ratio >= target,
         extra={
             "step_seconds": round(seconds, 4),
             "model_gflops_per_s": round(flops, 1),
-            "matmul_peak_gflops": round(peak, 1),
-            "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
-            "device": str(device),
+            "peak_gflops": round(peak, 1) if peak else None,
+            "tokens": sequence_tokens(model),
+            "non_embedding_params_m": round(non_embedding_params(model) / 1e6, 3),
+            "gflops_per_sample": round(train_flops_per_sample(model) / 1e9, 3),
+            "device": str(ctx.device),
+            **extra,
         },
     )
 
 
-def bench_sample(mask: np.ndarray, device: torch.device, quick: bool) -> list[Row]:
-    torch.manual_seed(0)
-    name, B = ("boldgpt_micro_patch10" if quick else "boldgpt_tiny_patch10"), 4
-    model = create_model(name, mask=mask).to(device).eval()
-    cached = timeit(
-        _synced(lambda: model.sample(B, use_cache=True), device), repeat=1 if quick else 3
-    )
-    uncached = timeit(_synced(lambda: model.sample(B, use_cache=False), device), repeat=1, warmup=0)
-    extra = {"device": str(device), "num_patches": model.num_patches}
-    return [
-        Row("models", f"sample {name} B={B} without cache", uncached, "s", extra=dict(extra)),
-        Row(
-            "models",
-            f"sample {name} B={B} with KV cache",
-            cached,
-            "s",
-            baseline="without cache",
-            ratio=uncached / cached,
-            extra=dict(extra),
-        ),
-    ]
-
-
-def run(quick: bool = False) -> list[Row]:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def train(ctx: Context) -> list[Row]:
     mask, source = load_mask()
-    rows = [bench_train(mask, device, quick), *bench_sample(mask, device, quick)]
-    for row in rows:
-        row.extra["mask"] = source
+    if ctx.quick:
+        models = [("boldgpt_micro_patch10", "continuous")]
+    else:
+        models = [
+            ("boldgpt_tiny_patch10", "continuous"),
+            ("boldgpt_small_patch10", "continuous"),
+            ("boldgpt_small_patch10", "tokens"),
+            ("boldbeit_small_patch10", "continuous"),
+        ]
+    rows = []
+    for name, variant in models:
+        model = _build(name, variant, mask, ctx.device)
+        batch = _batch(mask, model, ctx.device, BATCH)
+        for dtype in ("float32", "bfloat16"):
+            step = _train_step(model, batch, ctx.device, dtype)
+            seconds = timeit(step, repeat=2 if ctx.quick else 5, warmup=1)
+            rows.append(_train_row(ctx, name, variant, dtype, seconds, model, mask=source))
+        del model
     return rows
 
 
-if __name__ == "__main__":
-    from run import print_table
+def compile_train(ctx: Context) -> list[Row]:
+    """torch.compile of the training step: compile time and speed-up over eager."""
+    mask, source = load_mask()
+    name = "boldgpt_micro_patch10" if ctx.quick else "boldgpt_tiny_patch10"
+    rows = []
+    for dtype in ("float32", "bfloat16"):
+        model = _build(name, "continuous", mask, ctx.device)
+        batch = _batch(mask, model, ctx.device, BATCH)
+        eager = timeit(_train_step(model, batch, ctx.device, dtype), repeat=3, warmup=1)
+        compiled = torch.compile(model)
+        step = _train_step(compiled, batch, ctx.device, dtype)
+        t0 = time.perf_counter()
+        step()  # compiles the forward and the backward
+        step()  # a recompilation would show here
+        compile_seconds = time.perf_counter() - t0
+        seconds = timeit(step, repeat=3, warmup=0)
+        row = _train_row(
+            ctx,
+            name,
+            "continuous",
+            dtype,
+            seconds,
+            model,
+            mask=source,
+            compile_seconds=round(compile_seconds, 1),
+            eager_step_seconds=round(eager, 4),
+            speedup_over_eager=round(eager / seconds, 3),
+        )
+        row.case = f"train {name} continuous B={BATCH} {dtype} torch.compile"
+        rows.append(row)
+        torch._dynamo.reset()
+    return rows
 
-    print_table(run())
+
+def sampling(ctx: Context) -> list[Row]:
+    mask, source = load_mask()
+    name = "boldgpt_micro_patch10" if ctx.quick else "boldgpt_tiny_patch10"
+    torch.manual_seed(0)
+    model = create_model(name, mask=mask).to(ctx.device).eval()
+    N = model.num_patches
+    threads = 1 if ctx.device.type == "cpu" else None
+    rows, per_map = [], {}
+    with torch_threads(threads):
+        for B in (1, 4, 64):
+            repeat = 1 if (ctx.quick or B == 64) else 3
+            seconds = timeit(
+                synced(lambda B=B: sample(model, B, use_cache=True), ctx.device), repeat=repeat
+            )
+            per_map[B] = seconds / B
+            rows.append(
+                Row(
+                    "models",
+                    f"sample {name} B={B} with KV cache",
+                    seconds,
+                    "s",
+                    baseline="maps/s vs B=1" if B > 1 else "",
+                    ratio=per_map[1] / per_map[B] if B > 1 else None,
+                    target={4: "<= 0.5 s", 64: ">= 20x"}.get(B, ""),
+                    met={4: seconds <= 0.5, 64: per_map[1] / per_map[B] >= 20}.get(B),
+                    extra={
+                        "maps_per_s": round(B / seconds, 2),
+                        "tokens_per_s": round(B * N / seconds, 1),
+                        "num_patches": N,
+                        "threads": threads,
+                        "device": str(ctx.device),
+                        "mask": source,
+                    },
+                )
+            )
+        uncached = timeit(
+            synced(lambda: sample(model, 4, use_cache=False), ctx.device), repeat=1, warmup=0
+        )
+    cached4 = per_map[4] * 4
+    rows.append(
+        Row(
+            "models",
+            f"sample {name} B=4 without cache",
+            uncached,
+            "s",
+            baseline="KV cache speed-up",
+            ratio=uncached / cached4,
+            extra={"threads": threads, "device": str(ctx.device), "mask": source},
+        )
+    )
+    return rows
+
+
+def creation(ctx: Context) -> list[Row]:
+    mask, source = load_mask()
+    name = "boldgpt_micro_patch10" if ctx.quick else "boldgpt_small_patch10"
+    seconds = timeit(lambda: create_model(name, mask=mask), repeat=3, warmup=1)
+    return [Row("models", f"create {name}", seconds, "s", extra={"mask": source})]
+
+
+CASES: list[tuple[str, Callable[[Context], list[Row]]]] = [
+    ("create", creation),
+    ("sample", sampling),
+    ("train", train),
+    ("compile", compile_train),
+]

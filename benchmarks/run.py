@@ -1,12 +1,19 @@
-"""Run the benchmarks, print a table and write JSON.
+"""Run the benchmarks on this machine, print a table and write JSON.
 
-    python benchmarks/run.py                  # all benchmarks
-    python benchmarks/run.py data models      # bench_data.py and bench_models.py
-    python benchmarks/run.py --out benchmarks/results/latest.json
+    python benchmarks/run.py                       # everything (~15-25 min on 2 CPU cores)
+    python benchmarks/run.py --quick               # smoke run: small models, few repeats
+    python benchmarks/run.py --only train,sample   # cases whose name contains a pattern
+    python benchmarks/run.py models datapath       # only these benchmark files
 
-Every ``benchmarks/bench_<name>.py`` defines ``run(quick: bool) -> list[Row]``.
-Speeds are reported as ratios against a baseline measured in the same run and
-against the machine's measured matmul peak (printed first).
+First the roofline: the dense matmul peak (GFLOP/s) in float32 and bfloat16, the best
+over n in {1024, 2048, 4096} of 2 n^3 / t (t: median of 5 timed runs after a warm-up,
+all threads). Model FLOP/s are then reported as a fraction of it (MFU). Each
+``benchmarks/bench_<name>.py`` defines ``CASES``, a list of (case name, function of a
+:class:`common.Context` returning rows), or ``run(quick) -> rows`` (one case).
+
+The JSON (default ``benchmarks/results/latest.json``) records the machine, torch
+version and threads, the git commit, the load average before and after (timings on a
+shared machine are only comparable within one run), the roofline and every row.
 """
 
 from __future__ import annotations
@@ -16,16 +23,25 @@ import importlib
 import json
 import sys
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import Row, machine_info, matmul_peak_gflops  # noqa: E402
+from common import ROOFLINE_SIZES, Context, Row, load_average, machine_info, roofline  # noqa: E402
 
 
 def available() -> list[str]:
     return sorted(p.stem.removeprefix("bench_") for p in HERE.glob("bench_*.py"))
+
+
+def cases_of(name: str) -> list[tuple[str, Callable[[Context], list[Row]]]]:
+    module = importlib.import_module(f"bench_{name}")
+    if hasattr(module, "CASES"):
+        return [(f"{name}.{case}", fn) for case, fn in module.CASES]
+    return [(name, lambda ctx, m=module: m.run(quick=ctx.quick))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,11 +49,17 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "names", nargs="*", help=f"benchmarks to run (default: all of {available()})"
+        "names", nargs="*", help=f"benchmark files to run (default: all of {available()})"
     )
-    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument(
-        "--out", type=Path, default=HERE / "results" / "latest.json", help="JSON output"
+        "--only",
+        default="",
+        help="comma-separated patterns: run only the cases whose name (e.g. models.train, "
+        "models.sample, datapath.maps) contains one of them",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=HERE / "results" / "latest.json", help="JSON output path"
     )
     args = parser.parse_args(argv)
 
@@ -45,34 +67,79 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(names) - set(available()))
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; available: {available()}")
-
-    info = machine_info()
-    peak = matmul_peak_gflops()
-    info["matmul_peak_gflops_fp32"] = round(peak, 1)
-    print(f"machine: {info}")
-    rows: list[Row] = []
+    patterns = [p.strip() for p in args.only.split(",") if p.strip()]
+    selected = []
     for name in names:
-        module = importlib.import_module(f"bench_{name}")
+        try:
+            cases = cases_of(name)
+        except Exception as exc:  # a benchmark file broken by work in progress
+            print(f"cannot import bench_{name}: {exc!r}", file=sys.stderr)
+            continue
+        selected += [c for c in cases if not patterns or any(p in c[0] for p in patterns)]
+    if not selected:
+        parser.error(f"no case matches --only {args.only!r}")
+
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    info = machine_info()
+    info["load_average_before"] = load_average()
+    print(f"machine: {info}")
+    sizes = (512, 1024) if args.quick else ROOFLINE_SIZES
+    ctx = Context(quick=args.quick, device=device)
+    rows: list[Row] = []
+    roof: dict[str, dict] = {}
+    for dtype in ("float32", "bfloat16"):
+        peak, per_size = roofline(dtype, device.type, sizes)
+        ctx.peak_gflops[dtype] = peak
+        roof[dtype] = {"peak_gflops": round(peak, 1), "per_size": per_size}
+        rows.append(
+            Row(
+                "roofline",
+                f"matmul {dtype} (best of n={list(sizes)})",
+                peak,
+                "GFLOP/s",
+                extra={f"n={n}": round(g, 1) for n, g in per_size.items()},
+            )
+        )
+    failed = []
+    for case, fn in selected:
+        print(f"running {case} ...", flush=True)
         t0 = time.perf_counter()
-        new_rows = module.run(quick=args.quick)
+        try:
+            new_rows = fn(ctx)
+        except Exception as exc:
+            traceback.print_exc()
+            failed.append(case)
+            new_rows = [Row(case.split(".")[0], case, float("nan"), "", extra={"error": repr(exc)})]
         for row in new_rows:
-            row.extra.setdefault("seconds_to_run_bench", round(time.perf_counter() - t0, 1))
+            row.extra.setdefault("seconds_to_run_case", round(time.perf_counter() - t0, 1))
         rows.extend(new_rows)
+    info["load_average_after"] = load_average()
 
     print_table(rows)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps({"machine": info, "rows": [r.as_dict() for r in rows]}, indent=2) + "\n"
-    )
+    print(f"load average before {info['load_average_before']}, after {info['load_average_after']}")
+    result = {
+        "machine": info,
+        "quick": args.quick,
+        "roofline": roof,
+        "rows": [r.as_dict() for r in rows],
+    }
+    from boldgpt.utils.io import atomic_write
+
+    with atomic_write(args.out, "w") as f:
+        f.write(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
-    return 0
+    if failed:
+        print(f"FAILED cases: {failed}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def print_table(rows: list[Row]) -> None:
-    header = ["bench", "case", "value", "unit", "vs baseline", "target", "met"]
+    header = ["bench", "case", "value", "unit", "ratio", "target", "met"]
     lines = [header]
     for r in rows:
-        ratio = f"{r.ratio:.2f}x {r.baseline}" if r.ratio is not None else ""
+        ratio = f"{r.ratio:.3g} ({r.baseline})" if r.ratio is not None else ""
         met = "" if r.met is None else ("yes" if r.met else "NO")
         lines.append([r.bench, r.case, f"{r.value:,.4g}", r.unit, ratio, r.target, met])
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]

@@ -184,3 +184,78 @@ def test_param_groups_work_for_any_module_by_type():
         "norm.bias",
         "norm.weight",
     ]
+
+
+def test_fused_qkv_gradients_reach_the_stored_q_and_kv_weights():
+    # One fused product runs, but the parameters (and checkpoint keys) stay q and kv:
+    # their gradients must equal those of the written-out reference.
+    torch.manual_seed(0)
+    attn = Attention(24, 3, qkv_bias=True).train()
+    nn.init.normal_(attn.q.bias)
+    nn.init.normal_(attn.kv.bias)
+    x = torch.randn(2, 7, 24)
+    attn(x, causal=True).square().sum().backward()
+    fused = [p.grad.clone() for p in (attn.q.weight, attn.kv.weight, attn.q.bias, attn.kv.bias)]
+    attn.zero_grad()
+    B, T, D = x.shape
+    H, d = attn.num_heads, attn.head_dim
+    q = (x @ attn.q.weight.T + attn.q.bias).view(B, T, H, d).transpose(1, 2)
+    kv = x @ attn.kv.weight.T + attn.kv.bias
+    k = kv[..., :D].reshape(B, T, H, d).transpose(1, 2)
+    v = kv[..., D:].reshape(B, T, H, d).transpose(1, 2)
+    scores = (q @ k.transpose(-1, -2) / math.sqrt(d)).masked_fill(
+        torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf")
+    )
+    y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, D) @ attn.proj.weight.T
+    (y + attn.proj.bias).square().sum().backward()
+    expected = [attn.q.weight.grad, attn.kv.weight.grad, attn.q.bias.grad, attn.kv.bias.grad]
+    for got, want in zip(fused, expected):
+        assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+    keys = set(attn.state_dict())
+    assert {"q.weight", "kv.weight", "q.bias", "kv.bias"} <= keys
+    assert not any(k.startswith("qkv") for k in keys)
+
+
+def test_inference_fused_weights_follow_weight_updates():
+    # Without autograd the fused [q | kv] weight is cached; an in-place update (an
+    # optimizer step), load_state_dict or a cast must not leave it stale.
+    torch.manual_seed(0)
+    attn = Attention(16, 2).eval()
+    x = torch.randn(1, 5, 16)
+    with torch.no_grad():
+        before = attn(x, causal=True)
+        assert torch.allclose(before, reference_attention(attn, x, True), atol=1e-5)
+        attn.q.weight.mul_(2.0)
+        attn.kv.weight.add_(0.1)
+        after = attn(x, causal=True)
+    assert not torch.allclose(after, before, atol=1e-3)
+    assert torch.allclose(after, reference_attention(attn, x, True), atol=1e-5)
+    other = Attention(16, 2)
+    with torch.no_grad():
+        attn.load_state_dict(other.state_dict())
+        loaded = attn(x, causal=True)
+    assert torch.allclose(loaded, reference_attention(other, x, True), atol=1e-5)
+    with torch.no_grad():
+        doubled = attn.double()(x.double(), causal=True)
+    assert doubled.dtype == torch.float64
+    assert torch.allclose(doubled.float(), loaded, atol=1e-5)
+
+
+def test_kv_cache_is_written_in_place():
+    # Decoding must not reallocate (or concatenate) the cache per step: the buffers
+    # keep their storage, and the cached prefix is left untouched by later writes.
+    torch.manual_seed(0)
+    block = Block(16, 2).eval()
+    x = torch.randn(2, 6, 16)
+    cache = KVCache(6)
+    with torch.no_grad():
+        block(x[:, :2], causal=True, cache=cache, layer=0)
+        cache.advance(2)
+        storage = (cache.keys[0].data_ptr(), cache.values[0].data_ptr())
+        prefix = cache.keys[0][:, :, :2].clone()
+        for t in range(2, 6):
+            block(x[:, t : t + 1], causal=True, cache=cache, layer=0)
+            cache.advance(1)
+            assert (cache.keys[0].data_ptr(), cache.values[0].data_ptr()) == storage
+    assert cache.keys[0].shape[2] == 6 and cache.length == 6
+    assert torch.equal(cache.keys[0][:, :, :2], prefix)

@@ -6,7 +6,10 @@ H heads, d = D / H head width.
 
 Parameter names (``attn.q``, ``attn.kv``, ``attn.proj``, ``norm1/norm2/norm3``,
 ``mlp.fc1/fc2``, ``cross``) follow the seed project's layout so that its checkpoints
-map onto these modules one to one (see :mod:`boldgpt.models.original`).
+map onto these modules one to one (see :mod:`boldgpt.models.original`). Self-attention
+still runs ONE fused q|k|v product: the two weights are concatenated on the fly (a copy
+of a few hundred kB, against a product over every token), so model files, training
+checkpoints and optimizer states keep their keys and shapes.
 """
 
 from __future__ import annotations
@@ -67,8 +70,9 @@ class Attention(nn.Module):
     """Multi-head self-attention through ``F.scaled_dot_product_attention``
     (flash / memory-efficient kernels where available).
 
-    ``q`` and ``kv`` are separate projections (keys first, then values in ``kv``) so
-    that :class:`CrossAttention` can reuse the module with keys from a context.
+    ``q`` and ``kv`` are separate parameters (keys first, then values in ``kv``) so
+    that :class:`CrossAttention` can reuse the module with keys from a context; self-
+    attention multiplies by their concatenation in one product.
     """
 
     def __init__(
@@ -92,12 +96,45 @@ class Attention(nn.Module):
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        # fused [q | kv] weights for decoding without autograd (see _fused_qkv)
+        self._fused: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self._fused_key: tuple | None = None
 
     def _keys_values(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, M, _ = src.shape
         kv = self.kv(src).view(B, M, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         k, v = kv.unbind(0)
         return self.k_norm(k), v
+
+    def _fused_qkv(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Weight (3D, D) and bias (3D,) of the fused projection: [q | keys | values].
+
+        While training (autograd on) the concatenation is part of the graph, so the
+        gradients flow back to ``q`` and ``kv``. Without autograd (decoding) it is
+        cached and rebuilt only when a weight changed: in place (optimizer step,
+        ``load_state_dict``: the tensor's version counter) or moved / cast (its
+        storage)."""
+        q, kv = self.q, self.kv
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            bias = None if q.bias is None else torch.cat([q.bias, kv.bias])
+            return torch.cat([q.weight, kv.weight]), bias
+        params = [p for p in (q.weight, kv.weight, q.bias, kv.bias) if p is not None]
+        key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
+        if self._fused_key != key:
+            bias = None if q.bias is None else torch.cat([q.bias, kv.bias])
+            self._fused = (torch.cat([q.weight, kv.weight]), bias)
+            self._fused_key = key
+        return self._fused
+
+    def _queries_keys_values(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v (B, H, T, d) of x (B, T, D) from one fused product."""
+        B, T, _ = x.shape
+        weight, bias = self._fused_qkv()
+        qkv = F.linear(x, weight, bias).view(B, T, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        return self.q_norm(q), self.k_norm(k), v
 
     def _attend(
         self,
@@ -138,8 +175,7 @@ class Attention(nn.Module):
             layer: index of this layer in ``cache``.
         """
         T = x.shape[1]
-        q = self._queries(x)
-        k, v = self._keys_values(x)
+        q, k, v = self._queries_keys_values(x)
         if cache is None:
             return self._attend(q, k, v, attn_mask, causal and attn_mask is None)
         start = cache.length
