@@ -44,6 +44,9 @@ DEMO_CONFIG: dict[str, Any] = {
         "eval_every": 200,
         "eval_batches": 16,
         "precision": "fp32",
+        # One CPU thread: the micro model at batch 16 gains little from a second one,
+        # and two spinning threads run ~3x slower when another process uses a core.
+        "threads": 1,
     },
     "log": {"every": 10, "figures_every": 600, "tensorboard": True},
     "checkpoint": {"every": 200, "keep": 2},
