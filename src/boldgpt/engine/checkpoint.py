@@ -220,6 +220,11 @@ class CheckpointManager:
             )
         return None
 
+    def last_good_step_file(self) -> Path | None:
+        """The newest step checkpoint that reads (for messages: "the last good
+        checkpoint is ..."), or None; damaged ones are passed over silently."""
+        return next((p for p in self.step_files()[::-1] if _damage(p) is None), None)
+
     def save(self, state: dict[str, Any], step: int, is_best: bool = False) -> Path:
         """Write the step file, point ``latest`` (and ``best`` if asked) at it, then
         delete step files beyond the newest ``keep``."""
