@@ -9,8 +9,8 @@ base), ``igpt``, ``beit``, ``checks`` (input value checks without device syncs),
 ``registry`` (presets, ``create_model``, ``model_config``, ``describe``, model
 directories, hub), ``original`` (seed-project checkpoints), ``pca`` (MaskedPCA);
 image <-> BOLD: ``encoders`` (frozen image encoders), ``losses`` (CLIP, SigLIP,
-cosine), ``cbip``, ``image2bold``, ``pretrained`` (``init_from``: start from a
-pretrained map model).
+cosine), ``cbip``, ``image2bold``, ``bold2image``, ``pretrained`` (``init_from``:
+start from a pretrained map model).
 Generation (sampling, completion) lives in :mod:`boldgpt.generate` and takes a model.
 
 The names below are imported lazily (``from boldgpt.models import IGPT``), so that
@@ -46,6 +46,8 @@ _LAZY = {
     "CBIPConfig": "boldgpt.models.cbip",
     "Image2BOLD": "boldgpt.models.image2bold",
     "Image2BOLDConfig": "boldgpt.models.image2bold",
+    "Bold2Image": "boldgpt.models.bold2image",
+    "Bold2ImageConfig": "boldgpt.models.bold2image",
     "build_image_encoder": "boldgpt.models.encoders",
     "init_from": "boldgpt.models.pretrained",
 }

@@ -7,9 +7,10 @@ Names follow ``{family}_{size}_patch{p}``:
 - sizes ``micro`` (128 wide, 4 deep, 4 heads: a CPU demo), ``tiny`` (192, 12, 3),
   ``small`` (384, 12, 6), ``base`` (768, 12, 12);
 - patch 10 or 16 for BOLD maps, 16 for images;
-- image <-> BOLD families ``cbip`` (contrastive BOLD encoder) and ``image2bold``
-  (encoding IGPT cross-attending to an image encoder), sizes micro, tiny, small, patch
-  10 (see :mod:`boldgpt.models.cbip`, :mod:`boldgpt.models.image2bold`).
+- image <-> BOLD families ``cbip`` (contrastive BOLD encoder), ``image2bold``
+  (encoding IGPT cross-attending to an image encoder) and ``bold2image`` (BOLD encoder
+  conditioning an IGPT over 64 px images in 8 px patches), sizes micro, tiny, small,
+  patch 10 (see :mod:`boldgpt.models.cbip`, ``image2bold``, ``bold2image``).
 
 ``igpt`` and ``beit`` name the bare classes with their configs' defaults (used for
 converted checkpoints). Other modules add families with :func:`register_model`.
@@ -606,9 +607,11 @@ def _register_builtin() -> None:
 
 
 def _register_image_bold() -> None:
-    """Image <-> BOLD families (maps with patch 10; stimuli of 64 px for the frozen
-    image encoder, by default a random ``imagebeit_micro_patch16``: a configuration
-    points ``image_encoder`` at a pretrained image model's directory)."""
+    """Image <-> BOLD families (maps with patch 10; stimuli of 64 px: for the frozen
+    image encoder of CBIP / image2bold, by default a random ``imagebeit_micro_patch16``
+    (a configuration points ``image_encoder`` at a pretrained image model's
+    directory), and the pictures bold2image reconstructs)."""
+    from boldgpt.models.bold2image import Bold2Image, Bold2ImageConfig
     from boldgpt.models.cbip import CBIP, CBIPConfig
     from boldgpt.models.image2bold import Image2BOLD, Image2BOLDConfig
 
@@ -616,3 +619,4 @@ def _register_image_bold() -> None:
         side = dict(patch_size=10, image_size=64, **SIZES[size])
         register_model(f"cbip_{size}_patch10", CBIP, CBIPConfig(num_registers=4, **side))
         register_model(f"image2bold_{size}_patch10", Image2BOLD, Image2BOLDConfig(**side))
+        register_model(f"bold2image_{size}_patch10", Bold2Image, Bold2ImageConfig(**side))
