@@ -148,6 +148,7 @@ def test_init_from_a_pretrained_beit_transfers_exactly_what_it_reports(tmp_path)
     assert "head.weight" in report.new and "backbone.reg_embed" in report.new
     assert report.skipped["head.weight"].startswith("name: CBIP does not take it")
     assert report.skipped["backbone.mask_token"] == "name: CBIP has no such tensor"
+    assert report.skipped["residual_cov"].startswith("name: CBIP does not take it")
     assert not any(k.startswith("image_encoder.") for k in report.loaded)
     assert any("loaded  backbone.pos_embed" in line for line in report.lines())
 

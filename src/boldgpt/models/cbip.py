@@ -111,9 +111,10 @@ class CBIP(PatchModel):
     causal = False
     config_class = CBIPConfig
     config: CBIPConfig
-    init_skip: ClassVar[tuple[str, ...]] = ("head.", "image_encoder.", "loss_fn.")
+    init_skip: ClassVar[tuple[str, ...]] = ("head.", "residual_cov", "image_encoder.", "loss_fn.")
     """State-dict prefixes :func:`~boldgpt.models.pretrained.init_from` never copies
-    from a map model: the projection head is specific to this task."""
+    from a map model: the projection head (and a patch model's residual covariance)
+    belong to another task."""
 
     def __init__(
         self,
