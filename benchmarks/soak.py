@@ -85,7 +85,7 @@ def soak_config(run_dir: Path, args: argparse.Namespace) -> Any:
     if args.threads:
         raw["train"]["threads"] = args.threads
     raw["checkpoint"].update(every=args.checkpoint_every, resume="no")
-    raw["log"].update(figures_every=args.figures_every, progress=False)
+    raw["log"].update(every=args.log_every, figures_every=args.figures_every, progress=False)
     return config_from_dict(raw, where="soak config")
 
 
@@ -137,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--figures-every", type=int, default=0, help="steps between example figures (0: none)"
+    )
+    parser.add_argument(
+        "--log-every", type=int, default=10, help="steps between log lines (step-time samples)"
     )
     parser.add_argument(
         "--max-steps", type=int, default=1_000_000, help="schedule length (the time limit ends it)"
