@@ -149,7 +149,8 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=drop, is_causal=is_causal
         )
-        return self.proj_drop(self.proj(y.transpose(1, 2).reshape(B, T, -1)))
+        y = self.proj(y.transpose(1, 2).reshape(B, T, -1))
+        return self.proj_drop(y) if self.training and self.proj_drop.p > 0 else y
 
     def _queries(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
@@ -223,6 +224,9 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (no-op dropout calls skipped: decoding runs this once per token and layer)
+        if not (self.training and self.drop.p > 0):
+            return self.fc2(self.act(self.fc1(x)))
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
@@ -303,6 +307,9 @@ class Block(nn.Module):
         # (+1e-6: a ratio inferred as hidden / dim must give back hidden exactly)
         self.mlp = Mlp(dim, int(dim * mlp_ratio + 1e-6), drop=drop)
         self.ls3, self.drop_path3 = scale(), path()
+        # Without LayerScale and DropPath the branches are added as they are; decoding
+        # runs forward once per token and layer, so skipping the identity calls counts.
+        self._plain_residual = not layer_scale and drop_path <= 0
 
     def forward(
         self,
@@ -316,6 +323,11 @@ class Block(nn.Module):
     ) -> torch.Tensor:
         """x (B, T, D), context (B, M, D) or None -> (B, T, D)."""
         y = self.attn(self.norm1(x), causal=causal, attn_mask=attn_mask, cache=cache, layer=layer)
+        if self._plain_residual:
+            x = x + y
+            if self.cross is not None:
+                x = x + self.cross(self.norm2(x), context, cache=cache, layer=layer)
+            return x + self.mlp(self.norm3(x))
         x = x + self.drop_path1(self.ls1(y))
         if self.cross is not None:
             y = self.cross(self.norm2(x), context, cache=cache, layer=layer)

@@ -226,7 +226,10 @@ class Transformer(nn.Module):
         query. None for a backbone without queries."""
         if self.next_pos_query is None or self.eos_query is None:
             return None
-        return torch.cat([self.next_pos_query, self.eos_query])[slots]
+        # (no concatenated table: decoding calls this once per token)
+        last = self.num_patches - 1
+        query = self.next_pos_query[slots.clamp(max=last)]
+        return torch.where((slots > last)[..., None], self.eos_query, query)
 
     def init_cache(self, max_len: int) -> KVCache:
         """An empty KV cache for sequences of up to ``max_len`` tokens (prefix
