@@ -141,18 +141,14 @@ class CBIP(PatchModel):
         """(mean, std) per channel the images must be normalised with."""
         return self.image_encoder.mean, self.image_encoder.std
 
-    def train(self, mode: bool = True) -> CBIP:
-        super().train(mode)
-        self.image_encoder.train(False)  # (its own train() keeps it in eval anyway)
-        return self
-
     # ---- the two sides ---------------------------------------------------------------
 
     def kept_slots(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, K) the slots each sample keeps under patch dropping, in increasing
-        order: K = N - round(patch_drop * N), a uniformly random subset per sample."""
+        order: K = N - round(patch_drop * N) (at least 1), a uniformly random subset
+        per sample."""
         N = self.num_patches
-        K = N - round(self.config.patch_drop * N)
+        K = max(1, N - round(self.config.patch_drop * N))
         keys = torch.rand(batch_size, N, generator=generator, device=self.device)
         return keys.argsort(dim=1)[:, :K].sort(dim=1).values
 
