@@ -151,10 +151,6 @@ class PatchModelConfig:
         return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PatchModelConfig:
         """A config from :meth:`to_dict`'s output (or any subset of the fields);
         unknown keys are a ConfigError with "did you mean"."""
