@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import time
 import traceback
@@ -29,6 +30,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+# as the boldgpt command does (boldgpt/cli/__init__.py): no spin-waiting OpenMP threads
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from common import ROOFLINE_SIZES, Context, Row, load_average, machine_info, roofline  # noqa: E402
 
@@ -83,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     info = machine_info()
+    info["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
     info["load_average_before"] = load_average()
     print(f"machine: {info}")
     sizes = (512, 1024) if args.quick else ROOFLINE_SIZES

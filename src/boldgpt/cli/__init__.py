@@ -15,6 +15,12 @@ import sys
 
 from boldgpt.errors import BoldGPTError
 
+# OpenMP threads that spin-wait between parallel regions steal the cores they share with
+# other processes: on 2 busy cores a training block ran 1.5x slower with the default
+# policy (benchmarks/RESULTS.md). Set before torch starts its OpenMP runtime; a value
+# from the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 # Modules of boldgpt.cli that contribute commands, in the order --help lists them.
 COMMAND_MODULES = ("data", "vocab", "models", "train", "generate", "demo")
 
