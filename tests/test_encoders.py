@@ -18,6 +18,14 @@ SIZE = 32  # 2 x 2 patches of 16 px
 SMALL = dict(image_size=SIZE, depth=2, embed_dim=32, num_heads=2)
 
 
+@pytest.fixture(scope="module")
+def small_dir(tmp_path_factory) -> str:
+    """A small image model's directory (a full-size micro model takes seconds to build)."""
+    torch.manual_seed(0)
+    model = create_model("imagebeit_micro_patch16", **SMALL)
+    return str(save_model(model, tmp_path_factory.mktemp("enc") / "imagebeit"))
+
+
 def images(n: int = 3, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
 
@@ -64,8 +72,23 @@ def test_encoder_from_a_model_directory(tmp_path):
         build_image_encoder(str(tmp_path / "enc"), image_size=64)
 
 
-def test_bad_images_and_names_are_clear_errors(tmp_path):
-    encoder = build_image_encoder("imagebeit_micro_patch16", image_size=SIZE)
+def test_encoder_by_hub_id(tmp_path, monkeypatch):
+    from boldgpt.models import registry
+
+    model = create_model("imagebeit_micro_patch16", **SMALL)
+    save_model(model, tmp_path / "snapshot")
+    asked = []
+    monkeypatch.setattr(
+        registry, "_download", lambda hub_id, rev: asked.append(hub_id) or tmp_path / "snapshot"
+    )
+    encoder = build_image_encoder("someone/imagebeit-demo", image_size=SIZE)
+    assert asked == ["someone/imagebeit-demo"] and encoder.name == "someone/imagebeit-demo"
+    x = images()
+    torch.testing.assert_close(encoder(x).tokens, BackboneEncoder(model.eval())(x).tokens)
+
+
+def test_bad_images_and_names_are_clear_errors(tmp_path, small_dir):
+    encoder = build_image_encoder(small_dir, image_size=SIZE)
     with pytest.raises(DataError, match=r"shape \(B, 3, 32, 32\).*got \(2, 3, 64, 64\)"):
         encoder(torch.zeros(2, 3, 64, 64))
     with pytest.raises(DataError, match=r"shape \(B, 3, 32, 32\).*got \(2, 1, 32, 32\)"):
@@ -79,8 +102,8 @@ def test_bad_images_and_names_are_clear_errors(tmp_path):
         build_image_encoder("boldgpt_micro_patch10")
 
 
-def test_target_cache_runs_the_encoder_once_per_stimulus():
-    encoder = build_image_encoder("imagebeit_micro_patch16", image_size=SIZE)
+def test_target_cache_runs_the_encoder_once_per_stimulus(small_dir):
+    encoder = build_image_encoder(small_dir, image_size=SIZE)
     calls: list[int] = []
     encoder.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
     cache = TargetCache()

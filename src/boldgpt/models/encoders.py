@@ -9,8 +9,8 @@ of the model around them, and their forward runs without autograd.
 Encoders are named by a string (:func:`build_image_encoder`):
 
 - the path of a model directory of an image model (``imagebeit_*`` / ``imagegpt_*``
-  pretrained with ``boldgpt train``), loaded with :func:`~boldgpt.models.registry.
-  load_model`;
+  pretrained with ``boldgpt train``), or its hub id ``owner/name``, loaded with
+  :func:`~boldgpt.models.registry.load_model`;
 - the registry name of an image model (``"imagebeit_micro_patch16"``): the same
   architecture with random weights, at the requested image size (for tests and
   shape checks; its features carry no learned meaning);
@@ -192,6 +192,7 @@ def build_image_encoder(spec: str, image_size: int | None = None) -> ImageEncode
     fresh model.
     """
     from boldgpt.models.registry import list_models, load_model, model_config
+    from boldgpt.utils.hub import is_hub_id
 
     if not isinstance(spec, str) or not spec:
         raise ConfigError(f"image_encoder must be a non-empty string; got {spec!r}")
@@ -200,6 +201,8 @@ def build_image_encoder(spec: str, image_size: int | None = None) -> ImageEncode
         encoder: ImageEncoder = TimmEncoder(name, weights or None)
     elif Path(spec).expanduser().exists():
         encoder = BackboneEncoder(load_model(Path(spec).expanduser()), name=spec)
+    elif is_hub_id(spec):
+        encoder = BackboneEncoder(load_model(spec), name=spec)
     elif spec in list_models():
         from boldgpt.models.registry import create_model
 
@@ -210,8 +213,8 @@ def build_image_encoder(spec: str, image_size: int | None = None) -> ImageEncode
     else:
         images = [n for n in list_models() if n.startswith(("imagebeit_", "imagegpt_"))]
         raise ConfigError(
-            f"image_encoder {spec!r}: no such model directory, and not an image model name "
-            f"({', '.join(images)}) nor 'timm:<name>'"
+            f"image_encoder {spec!r}: no such model directory, and not a hub id "
+            f"'owner/name', an image model name ({', '.join(images)}) nor 'timm:<name>'"
         )
     if image_size is not None and encoder.image_size != image_size:
         raise ConfigError(
