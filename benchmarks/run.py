@@ -2,7 +2,7 @@
 
     python benchmarks/run.py                       # everything (~15-25 min on 2 CPU cores)
     python benchmarks/run.py --quick               # smoke run: small models, few repeats
-    python benchmarks/run.py --only train,sample   # cases whose name contains a pattern
+    python benchmarks/run.py --only train,sample   # only these cases (see --help)
     python benchmarks/run.py models datapath       # only these benchmark files
 
 First the roofline: the dense matmul peak (GFLOP/s) in float32 and bfloat16, the best
@@ -58,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated patterns: run only the cases whose name (e.g. models.train, "
-        "models.sample, datapath.maps) contains one of them",
+        help="comma-separated names: run only these cases, given as FILE.CASE (models.train), "
+        "CASE (train, sample, compile, create, maps, images, training) or FILE (models, "
+        "datapath, demo, data); the roofline always runs",
     )
     parser.add_argument(
         "--out", type=Path, default=HERE / "results" / "latest.json", help="JSON output path"
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # a benchmark file broken by work in progress
             print(f"cannot import bench_{name}: {exc!r}", file=sys.stderr)
             continue
-        selected += [c for c in cases if not patterns or any(p in c[0] for p in patterns)]
+        selected += [c for c in cases if not patterns or _matches(c[0], patterns)]
     if not selected:
         parser.error(f"no case matches --only {args.only!r}")
 
@@ -137,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print(f"FAILED cases: {failed}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _matches(case: str, patterns: list[str]) -> bool:
+    """Whether ``case`` ("file.case") is named by a pattern: itself, its file or its case."""
+    file, _, short = case.partition(".")
+    return any(p in (case, file, short) for p in patterns)
 
 
 def print_table(rows: list[Row]) -> None:
