@@ -190,6 +190,13 @@ def ncsnr(trials: Any, stimulus_ids: Any, mask: Any | None = None) -> np.ndarray
         ``(P_in,)`` ``sqrt(max(0, 1 - s2)) / sqrt(s2)`` with ``s2`` the mean unbiased
         within-stimulus variance of the responses z-scored per pixel over all trials
         (population std). ``inf`` where there is no noise, NaN for constant pixels.
+
+    The repeats must be independent measurements. NSD spreads them over sessions;
+    repeats within one session share that session's offsets and gains, which look
+    like signal, so the ceiling comes out too high. Measured on ``sim:demo``: the true
+    noiseless maps reach ``r^2 / NC`` = 1.00 (median over pixels) on the ``val`` split,
+    where 194 of 200 stimuli per subject repeat across sessions, but only 0.85-0.90 on
+    ``test``, where the 18-28 repeated stimuli repeat within one session.
     """
     y = flatten_maps(trials, mask, "trials")
     ids = np.asarray(stimulus_ids).ravel()
