@@ -134,8 +134,11 @@ def main_category_labels(rows: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def standardize_maps(x: np.ndarray) -> np.ndarray:
-    """``(N, P)`` each row z-scored over its values (a constant row becomes zeros)."""
-    x = np.asarray(x, dtype=np.float64)
+    """``(N, P)`` each row z-scored over its values (a constant row becomes zeros); float
+    inputs keep their dtype (float32 maps of a whole split stay half the size)."""
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float64)
     sd = x.std(1, keepdims=True)
     return (x - x.mean(1, keepdims=True)) / np.where(sd > 0, sd, 1.0)
 
