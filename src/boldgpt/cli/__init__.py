@@ -22,7 +22,7 @@ from boldgpt.errors import BoldGPTError
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Modules of boldgpt.cli that contribute commands, in the order --help lists them.
-COMMAND_MODULES = ("data", "vocab", "models", "train", "generate", "demo")
+COMMAND_MODULES = ("data", "vocab", "models", "train", "generate", "eval", "report", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -60,6 +60,11 @@ class Report:
         self.blocks.append(("bullets", list(items)))
         return self
 
+    def code(self, text: str) -> Report:
+        """A preformatted block (e.g. a YAML config), shown verbatim."""
+        self.blocks.append(("code", text))
+        return self
+
     def table(
         self, headers: Sequence[str], rows: Sequence[Sequence[Any]], caption: str | None = None
     ) -> Report:
@@ -123,6 +128,8 @@ class Report:
                 out += [value, ""]
             elif kind == "bullets":
                 out += [f"- {item}" for item in value] + [""]
+            elif kind == "code":
+                out += ["```", value.rstrip("\n"), "```", ""]
             elif kind == "table":
                 headers, rows, caption = value
                 if caption:
@@ -147,6 +154,8 @@ class Report:
             elif kind == "bullets":
                 items = "".join(f"<li>{_inline(v)}</li>" for v in value)
                 body.append(f"<ul>{items}</ul>")
+            elif kind == "code":
+                body.append(f"<pre>{html.escape(value)}</pre>")
             elif kind == "table":
                 headers, rows, caption = value
                 cap = f"<caption>{_inline(caption)}</caption>" if caption else ""
@@ -218,6 +227,7 @@ thead {{ background: #f2f2f2; }}
 figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; }}
 figcaption {{ font-size: 0.9em; color: #555; }}
 code {{ background: #f4f4f4; padding: 0 0.2em; }}
+pre {{ background: #f4f4f4; padding: 0.6em; overflow-x: auto; font-size: 0.85em; }}
 </style></head><body>
 {body}
 </body></html>
