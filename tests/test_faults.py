@@ -30,6 +30,7 @@ from boldgpt.errors import DiskFullError, NonFiniteError, RunLockedError
 SIDE = 8
 # Guards of the training loop, added once the engine's Trainer rewrite has landed.
 PENDING = pytest.mark.xfail(reason="training-loop guard not wired yet", strict=True)
+PENDING_NO_RUN = pytest.mark.xfail(reason="training-loop guard not wired yet", run=False)
 
 
 # ---------------------------------------------------------------------- tiny training
@@ -82,7 +83,7 @@ class Maps(torch.utils.data.Dataset):
         if in_worker and self.fault and self.fetches >= self.die_at:
             if self.fault == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
-            time.sleep(3600)
+            time.sleep(30)  # long enough to fail the test, short enough not to hang it
         return {"activity": self.maps[torch.as_tensor(indices)]}
 
 
@@ -403,11 +404,11 @@ def test_non_finite_batches_can_be_skipped_and_are_counted(tmp_path, optimizer_k
 # ------------------------------------------------------------------- data-loader workers
 
 
-@PENDING
+@PENDING_NO_RUN
 @pytest.mark.parametrize("fault", ["kill", "hang"])
 def test_a_dead_or_stuck_loader_worker_fails_fast(tmp_path, fault):
     start = time.perf_counter()
     with pytest.raises(Exception, match=r"(?i)data-?loader worker") as info:
         run(tmp_path, dataset=tiny_data(fault), data={"num_workers": 1, "worker_timeout": 3})
-    assert time.perf_counter() - start < 30
+    assert time.perf_counter() - start < 20
     assert "data.num_workers" in str(info.value)  # says how to see the real error
