@@ -467,8 +467,10 @@ def encoding_task(
             test_feats = _encoder_features(model, data.images_of(ids), batch_size)
             preds["ridge (image features)"] = _to_maps(ridge.predict(test_feats), mask)
             if truth_root is not None:
-                coef = per_pixel_ols(truth_features(truth_root, int(s), train_ids, mask), y)
-                f = truth_features(truth_root, int(s), ids, mask)
+                # one call for both sets: the simulator's forward model has a fixed cost
+                both = truth_features(truth_root, int(s), np.concatenate([train_ids, ids]), mask)
+                coef = per_pixel_ols(both[: len(train_ids)], y)
+                f = both[len(train_ids) :]
                 fitted = coef[None, :, 0] + np.einsum("npk,pk->np", f, coef[:, 1:])
                 preds["true RF features (per-pixel fit)"] = _to_maps(fitted, mask)
         preds["mean map"] = np.broadcast_to(mean_map.numpy(), (len(ids), *mask.shape))
