@@ -157,19 +157,38 @@ def _completion_section(r: Report, s: dict[str, Any], fig: Path) -> None:
             "components from the observed pixels; mean map: the training mean map"
         ),
     )
-    r.text(
-        "Why the two model methods differ, and what limits the hemisphere prompt: trained "
-        "on shuffled orders, the model predicts a slot from a random subset of the other "
-        "patches, spread over both hemispheres; querying each hidden slot from the prompt "
-        "asks exactly that question. Autoregressive completion feeds back its own smooth "
-        "predictions, inputs it never saw in training. A whole hemisphere observed with the "
-        "other hidden is a set that random orders almost never produce (half of the patches, "
-        "all on one side), so there the model extrapolates across the midline from "
-        "training conditions it rarely met, while PCA's linear prediction uses the "
-        "correlations between hemispheres directly."
-    )
+    r.text(completion_verdict(comp))
     r.figure(fig / "completions_left.png", "Completing the right hemisphere from the left one")
     r.figure(fig / "completions_prefix.png", "Completing the map from its central patches")
+
+
+def completion_verdict(comp: dict[str, dict[str, float]]) -> str:
+    """One paragraph: the two model methods against each other and against MaskedPCA
+    for each prompt, and what limits the hemisphere prompt."""
+    parts = []
+    for how, r2 in comp.items():
+        query, auto, pca = (
+            r2.get("model (query)"),
+            r2.get("model (autoregressive)"),
+            r2["MaskedPCA"],
+        )
+        if query is None or auto is None:
+            continue
+        best = "one pass better" if query > auto else "autoregressive better"
+        parts.append(
+            f"{PROMPTS[how]}: one pass {query:+.3f}, autoregressive {auto:+.3f} ({best}); "
+            f"MaskedPCA {pca:+.3f}"
+        )
+    text = "Completion R², " + "; ".join(parts) + ". " if parts else ""
+    return text + (
+        "The one-pass query asks the question shuffled-order training poses (a slot given "
+        "a set of other patches); autoregressive completion also conditions on its own fed-"
+        "back predictions, inputs it never saw in training. Random training orders show the "
+        "model observed sets scattered over both hemispheres: a whole hemisphere observed "
+        "with the other hidden (half of the patches, all on one side) is a set they almost "
+        "never produce, so there the model extrapolates across the midline, while PCA's "
+        "linear prediction uses the correlations between the hemispheres directly."
+    )
 
 
 def print_summary(s: dict[str, Any], md: Path, page: Path, model_dir: Path) -> None:
