@@ -156,3 +156,31 @@ def test_report_renders_in_headless_chromium(tmp_path):
     title, console = _render(bad)
     assert title == "IMAGES 0/1 ERRORS 2"  # the image's error event and the script's
     assert "undefinedFunction" in console
+
+
+def test_report_of_a_demo_folder_shows_its_tables_and_figures(tmp_path):
+    run = tmp_path / "demo"
+    make_run(run / "train")
+    scores = {"model": {"loss": 0.5795, "r2": 0.4193}, "mean map": {"loss": 0.9982, "r2": -0.0004},
+              "MaskedPCA": {"loss": 0.6128, "r2": 0.3859}}  # fmt: skip
+    completion = {"model (query)": 0.0204, "model (autoregressive)": 0.0523,
+                  "MaskedPCA": 0.181, "mean map": -0.0012}  # fmt: skip
+    summary = {
+        "source": "sim:demo", "seed": 0, "model": "boldgpt_micro_patch10", "trained_steps": 1400,
+        "num_eval_maps": 512, "num_completion_maps": 128, "pca_components": 128,
+        "pca_fit_maps": 4000, "next_patch": {"fixed": scores, "random": scores},
+        "completion_r2": {"left": completion, "prefix": completion},
+    }  # fmt: skip
+    (run / "summary.json").write_text(json.dumps(summary))
+    for name in ("completions_left", "completions_prefix", "samples", "pca"):
+        _figure(run / "figures" / f"{name}.png")
+    _, page_path = build_run_report(run)
+    page = page_path.read_text()
+    for value in completion.values():
+        assert f"<td>{format_number(value)}</td>" in page
+    assert f"<td>{format_number(scores['MaskedPCA']['loss'])}</td>" in page
+    # loss and validation-r2 curves + the demo's four figures + the evaluation's map
+    images = re.findall(r'<img src="([^"]+)"', page)
+    assert len(images) == 7 and all(s.startswith("data:image/png;base64,") for s in images)
+    # the demo's own report.html is not overwritten
+    assert page_path.name == "run_report.html"
