@@ -222,3 +222,43 @@ def test_tasks_by_class_and_bad_inputs(tmp_path):
     with pytest.raises(SystemExit):
         main(["eval", "a", "--split", "train"])
     assert main(["eval", str(tmp_path / "missing")]) == 2
+
+
+def test_token_models_get_nll_accuracy_and_the_unigram_baseline():
+    from boldgpt.evaluate.eval import SplitData, masked_task, next_patch_task
+    from nsd_tiny import tiny_mask
+
+    mask = tiny_mask()
+    g = torch.Generator().manual_seed(0)
+    maps = torch.randn(40, *mask.shape, generator=g) * torch.from_numpy(mask)
+    sid = np.arange(40) % 2
+    train = SplitData(maps[:30], sid[:30], np.arange(30), mask)
+    val = SplitData(maps[30:], sid[30:], np.arange(30, 40), mask)
+    torch.manual_seed(0)
+    igpt = create_model("boldgpt_micro_patch10", mask=mask, categorical=True, vocab_size=8,
+                        **SMALL).eval()  # fmt: skip
+    igpt.tokenizer.vocab.copy_(torch.randn(8, igpt.patchify.dim, generator=g))
+    mean_map = train.maps.mean(0)
+    pca = MaskedPCA(mask, 4).fit(train.maps, seed=0)
+    res = next_patch_task(igpt, val, mean_map, pca, batch_size=64, train=train)["fixed"]
+    with torch.no_grad():
+        out = igpt({"activity": val.maps, "subject_id": torch.tensor(val.subject_id)},
+                   order="fixed")  # fmt: skip
+    logp = out.output.log_softmax(-1)
+    nll = -logp.gather(-1, out.target[..., None]).mean()
+    acc = (out.output.argmax(-1) == out.target).float().mean()
+    assert res["model"]["nll"] == pytest.approx(float(nll), rel=1e-5)
+    assert res["model"]["accuracy"] == pytest.approx(float(acc), abs=1e-6)
+    # unigram: add-one smoothed training token frequencies, by hand
+    train_tok = igpt.encode_targets(igpt.patchify(train.maps)).flatten()
+    freq = (torch.bincount(train_tok, minlength=8).double() + 1) / (len(train_tok) + 8)
+    assert res["unigram tokens"]["nll"] == pytest.approx(
+        float(-freq.log()[out.target.flatten()].mean()), rel=1e-6
+    )
+
+    beit = create_model("boldbeit_micro_patch10", mask=mask, categorical=True, vocab_size=8,
+                        **SMALL).eval()  # fmt: skip
+    beit.tokenizer.vocab.copy_(igpt.tokenizer.vocab)
+    rows = masked_task(beit, val, mean_map, pca, train=train)["random 50% hidden"]
+    assert set(rows) == {"model", "mean map", "MaskedPCA", "unigram tokens"}
+    assert 0 <= rows["model"]["accuracy"] <= 1 and rows["model"]["nll"] > 0

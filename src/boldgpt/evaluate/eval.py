@@ -351,10 +351,16 @@ def _mean_over_subjects(per_subject: dict[int, dict[str, float]]) -> dict[str, f
 
 
 def next_patch_task(
-    model: Any, data: SplitData, mean_map: torch.Tensor, pca: Any, batch_size: int = 64
+    model: Any,
+    data: SplitData,
+    mean_map: torch.Tensor,
+    pca: Any,
+    batch_size: int = 64,
+    train: SplitData | None = None,
 ) -> dict[str, Any]:
     """Next-patch scores of an IGPT model, the mean map and MaskedPCA, in the fixed order
-    and (shuffled models) in random orders: ``{order: {method: scores}}``."""
+    and (shuffled models) in random orders: ``{order: {method: scores}}``; token models
+    also get the unigram baseline (token frequencies of ``train``)."""
     from boldgpt.evaluate import metrics
 
     p = _cpu_patchify(model)  # the baselines run on the CPU
@@ -369,7 +375,25 @@ def next_patch_task(
             "mean map": mean_scores,
             "MaskedPCA": metrics.pca_next_patch_scores(pca, maps, p, orders, batch_size),
         }
+        if model.tokenizer is not None and train is not None:
+            nll = unigram_nll(model, train, maps)
+            out[kind]["unigram tokens"] = {"loss": nll, "nll": nll}
     return out
+
+
+@torch.no_grad()
+def unigram_nll(model: Any, train: SplitData, maps: torch.Tensor) -> float:
+    """NLL (nats per patch) of the token ids of ``maps`` under the token frequencies of
+    the training maps (:func:`boldgpt.evaluate.metrics.unigram_nll`)."""
+    from boldgpt.evaluate import metrics
+
+    def tokens(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat(
+            [model.encode_targets(model.patchify(x[sl].to(model.device))).cpu()
+             for sl in _batches(len(x), 256)]
+        )  # fmt: skip
+
+    return metrics.unigram_nll(tokens(train.maps), tokens(maps), model.tokenizer.vocab_size)
 
 
 def _cpu_patchify(model: Any) -> Any:
@@ -380,7 +404,12 @@ def _cpu_patchify(model: Any) -> Any:
 
 @torch.no_grad()
 def masked_task(
-    model: Any, data: SplitData, mean_map: torch.Tensor, pca: Any, batch_size: int = 64
+    model: Any,
+    data: SplitData,
+    mean_map: torch.Tensor,
+    pca: Any,
+    batch_size: int = 64,
+    train: SplitData | None = None,
 ) -> dict[str, Any]:
     """BEiT masked prediction of a seeded random :data:`MASK_RATIO` of each map's
     patches: R² of the hidden in-mask pixels (:func:`boldgpt.evaluate.tasks.hidden_r2`)
@@ -411,14 +440,14 @@ def masked_task(
         model_scores.update(nll=nll / n_tok, accuracy=acc / n_tok)
     pca_done = tasks.pca_completions(pca, maps, observed_px)
     mean_done = tasks.mean_map_completions(mean_map, maps, observed_px)
-    return {
-        f"random {MASK_RATIO:.0%} hidden": {
-            "model": model_scores,
-            "mean map": {"r2": tasks.hidden_r2(mean_done, maps, observed_px, mask)},
-            "MaskedPCA": {"r2": tasks.hidden_r2(pca_done, maps, observed_px, mask)},
-        },
-        "num_patches": n_patch,
+    rows = {
+        "model": model_scores,
+        "mean map": {"r2": tasks.hidden_r2(mean_done, maps, observed_px, mask)},
+        "MaskedPCA": {"r2": tasks.hidden_r2(pca_done, maps, observed_px, mask)},
     }
+    if n_tok and train is not None:
+        rows["unigram tokens"] = {"nll": unigram_nll(model, train, maps)}
+    return {f"random {MASK_RATIO:.0%} hidden": rows, "num_patches": n_patch}
 
 
 def _stimulus_means(data: SplitData, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -829,9 +858,9 @@ def evaluate_models(
             log(f"{d}: {task}")
             bs = options.batch_size
             if task == "next_patch":
-                res = next_patch_task(model, data, mean_map, pca, bs)
+                res = next_patch_task(model, data, mean_map, pca, bs, train)
             elif task == "masked":
-                res = masked_task(model, data, mean_map, pca, bs)
+                res = masked_task(model, data, mean_map, pca, bs, train)
             elif task == "encoding":
                 res, pixel_r = encoding_task(model, data, train, mean_map, root, bs)
                 if figure_dir is not None:
@@ -965,7 +994,7 @@ def add_eval_sections(report: Any, result: dict[str, Any], fig_dir: Path | None)
             report.comparison(
                 "Next-patch prediction: in-mask R² of each patch predicted from the patches "
                 "before it (higher is better); last columns: model minus baseline",
-                {f"{k} order": {m: v["r2"] for m, v in np_[k].items()} for k in np_},
+                {f"{k} order": {m: v["r2"] for m, v in np_[k].items() if "r2" in v} for k in np_},
                 reference="model",
                 relation="difference",
             )
@@ -975,26 +1004,31 @@ def add_eval_sections(report: Any, result: dict[str, Any], fig_dir: Path | None)
                 {f"{k} order": {m: v["loss"] for m, v in np_[k].items()} for k in np_},
                 reference="model",
             )
-            tok = {k: v["model"] for k, v in np_.items() if "nll" in v["model"]}
-            if tok:
-                method_table(
-                    report,
-                    "Token metrics of the model (nats per patch; top-1 token accuracy)",
-                    {f"{k} order": v for k, v in tok.items()},
-                    (("nll", "NLL"), ("accuracy", "accuracy")),
-                )
+            for k, v in np_.items():
+                if "nll" in v["model"]:
+                    method_table(
+                        report,
+                        f"Token metrics, {k} order (NLL in nats per patch, lower is better; "
+                        "top-1 token accuracy); unigram: training token frequencies",
+                        {m: s for m, s in v.items() if "nll" in s},
+                        (("nll", "NLL"), ("accuracy", "accuracy")),
+                    )
         if "masked" in tasks:
             cond = {k: v for k, v in tasks["masked"].items() if isinstance(v, dict)}
             report.comparison(
                 "Masked prediction: R² of the hidden in-mask pixels (higher is better)",
-                {k: {m: s["r2"] for m, s in v.items()} for k, v in cond.items()},
+                {k: {m: s["r2"] for m, s in v.items() if "r2" in s} for k, v in cond.items()},
                 reference="model",
                 relation="difference",
             )
-            tok = {k: v["model"] for k, v in cond.items() if "nll" in v["model"]}
-            if tok:
-                method_table(report, "Token metrics on the hidden patches", tok,
-                             (("nll", "NLL"), ("accuracy", "accuracy")))  # fmt: skip
+            for k, v in cond.items():
+                if "nll" in v["model"]:
+                    method_table(
+                        report,
+                        f"Token metrics on the hidden patches ({k}; NLL in nats per patch)",
+                        {m: s for m, s in v.items() if "nll" in s},
+                        (("nll", "NLL"), ("accuracy", "accuracy")),
+                    )
         if "encoding" in tasks:
             method_table(
                 report,
