@@ -32,6 +32,11 @@ examples:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``flatten`` and ``to-surface`` to the ``data`` subcommands."""
+    _register_flatten(sub)
+    _register_to_surface(sub)
+
+
+def _register_flatten(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "flatten",
         help="turn per-hemisphere surface maps (GIfTI, MGH, .npy) into an NSD-Flat dataset",
@@ -89,6 +94,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=_flatten)
 
+
+def _register_to_surface(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "to-surface",
         help="write flat maps (.npy, e.g. from `boldgpt generate`) as GIfTI per hemisphere",
