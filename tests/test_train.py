@@ -8,6 +8,7 @@ RNG the way boldGPT draws random orders, so RNG restoration is exercised too.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -477,6 +478,10 @@ def test_subject_ids_are_checked_on_the_host_batch_before_the_forward(tmp_path):
 def test_fine_tuning_from_a_saved_model_directory(tmp_path):
     first, trained = run(toy_config(tmp_path / "a", train={"max_steps": 2}), _registry_model(4))
     assert first.model_dir == tmp_path / "a" / "model"
+    # the model card says what the model was trained on and for how long
+    card = json.loads((first.model_dir / "config.json").read_text())["card"]
+    assert card["training_steps"] == 2 and card["data"].endswith("split train")
+    assert "training steps: 2" in (first.model_dir / "README.md").read_text()
     cfg = toy_config(
         tmp_path / "b", train={"max_steps": 2}, model={"init_from": str(first.model_dir)}
     )

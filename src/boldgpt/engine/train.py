@@ -593,7 +593,10 @@ class Trainer:
         if result.status == "finished" and self.info.is_main:
             with _side_rng(self.device, cfg.seed):
                 _fit_predictive_noise(self.model, self.data, self.device, self.logger)
-            result.model_dir = _save_final_model(self.model, self.out_dir / "model", self.logger)
+            card = _model_card(self.config, self.global_step, result.last_val_loss)
+            result.model_dir = _save_final_model(
+                self.model, self.out_dir / "model", self.logger, card
+            )
         self.logger.close()
         D.barrier()
         return result
@@ -876,12 +879,25 @@ def _fit_predictive_noise(
     )
 
 
-def _save_final_model(model: nn.Module, path: Path, logger: RunLogger) -> Path | None:
+def _model_card(config: TrainConfig, steps: int, val_loss: float | None) -> dict[str, Any]:
+    """What the final model's card says about its training (see ``save_model``)."""
+    card: dict[str, Any] = {
+        "data": f"{config.data.source}, split {config.data.train_split}",
+        "training_steps": steps,
+    }
+    if val_loss is not None:
+        card["evaluation"] = {f"{config.data.val_split} loss": val_loss}
+    return card
+
+
+def _save_final_model(
+    model: nn.Module, path: Path, logger: RunLogger, card: dict[str, Any]
+) -> Path | None:
     if not has_registry_config(model):
         logger.message("model has no registry config; final weights are in the checkpoint only")
         return None
     from boldgpt.models.registry import save_model
 
-    save_model(model, path)
+    save_model(model, path, card=card)
     logger.message(f"saved model to {path} (load with boldgpt.load_model({str(path)!r}))")
     return path
