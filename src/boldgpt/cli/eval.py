@@ -87,6 +87,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", type=int, default=64, help="maps per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's; 1 is often fastest for small models on "
+        "a busy machine)",
+    )
     p.set_defaults(func=_run)
 
 
@@ -113,6 +120,7 @@ def _run(args: argparse.Namespace) -> int:
         feature_encoder=args.feature_encoder,
         device=args.device,
         batch_size=args.batch_size,
+        threads=args.threads,
     )
     result = evaluate_models(args.models, options, figure_dir=out / "figures")
     js, md = write_eval(result, out)
