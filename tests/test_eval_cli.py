@@ -30,7 +30,9 @@ SIZE = 32
 def one_thread():
     """Tiny models run many times faster on one thread when other processes load the
     cores (two spin-waiting threads took 1.7 s per training step instead of 0.03 s)."""
-    with cpu_threads(1):
+    from threadpoolctl import threadpool_limits
+
+    with cpu_threads(1), threadpool_limits(1):  # torch, and numpy / scikit-learn's BLAS
         yield
 
 
@@ -271,3 +273,40 @@ def test_token_models_get_nll_accuracy_and_the_unigram_baseline():
     rows = masked_task(beit, val, mean_map, pca, train=train)["random 50% hidden"]
     assert set(rows) == {"model", "mean map", "MaskedPCA", "unigram tokens"}
     assert 0 <= rows["model"]["accuracy"] <= 1 and rows["model"]["nll"] > 0
+
+
+def test_probe_rows_beside_pca_classifiers_majority_and_chance():
+    from boldgpt.evaluate.eval import SplitData, probe_task
+
+    mask = np.zeros((215, 200), bool)
+    mask[60:100, 60:100] = True  # few pixels: the PCA fits stay fast
+    rng = np.random.default_rng(0)
+    patterns = rng.normal(size=(3, *mask.shape)) * 3  # three very different classes
+
+    def split(n: int, first_id: int) -> SplitData:
+        ids = np.arange(first_id, first_id + n)
+        maps = patterns[ids % 3] + rng.normal(size=(n, *mask.shape)) * 0.1
+        return SplitData(torch.tensor(maps * mask, dtype=torch.float32), ids % 2, ids, mask)
+
+    train, test = split(40, 0), split(12, 1000)
+    labels = lambda ids: np.where(ids % 5 == 4, -1, ids % 3)  # noqa: E731 (ids % 5 == 4 dropped)
+    torch.manual_seed(0)
+    model = create_model("boldbeit_micro_patch10", mask=mask, **SMALL)
+    res = probe_task(model, test, train, labels)
+    assert set(res) == {"within", "cross"}
+    keep_tr = train.nsd_id % 5 != 4
+    keep_te = test.nsd_id % 5 != 4
+    n_comp = min(np.bincount(train.subject_id[keep_tr])) - 1
+    # the majority class of each subject's own training rows, scored on its test rows
+    hits = 0
+    for s in (0, 1):
+        y_tr = (train.nsd_id % 3)[keep_tr & (train.subject_id == s)]
+        counts = np.bincount(y_tr, minlength=3)
+        hits += ((test.nsd_id % 3)[keep_te & (test.subject_id == s)] == counts.argmax()).sum()
+    within = res["within"]
+    assert within["majority class"]["accuracy"] == pytest.approx(hits / keep_te.sum())
+    assert within["chance"]["accuracy"] == pytest.approx(1 / 24)
+    # separable classes: the raw-map logistic baseline is perfect in both schemes
+    assert within[f"PCA({n_comp}) + logistic"]["accuracy"] == 1.0
+    assert res["cross"][f"PCA({n_comp}) + logistic"]["accuracy"] == 1.0
+    assert 0 <= within["linear probe (model)"]["accuracy"] <= 1

@@ -29,7 +29,7 @@ the same maps:
   bold2image       reconstruction: PixCorr, SSIM, two-way identification; mean image
   --probe          24-way category decoding from frozen embeddings (within and across
                    subjects) beside PCA + logistic / MLP on raw maps and the majority
-                   class (slow; category labels from the simulator's truth)
+                   class (slow; labels from the simulator's truth, or --nsd-labels)
 
 Writes OUT/eval.json (every number, per subject and averaged), OUT/eval.md (tables) and
 OUT/figures/*.png. `boldgpt report RUN_DIR` puts them in an HTML page.
@@ -79,6 +79,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--components", type=int, default=128, help="MaskedPCA components")
     p.add_argument("--probe", action="store_true", help="also run 24-way category decoding")
     p.add_argument(
+        "--nsd-labels",
+        default=None,
+        metavar="DIR",
+        help="--probe on real NSD: folder with the decoding benchmark's "
+        "nsd_clip_coco_targets.npy and nsd_include_coco_categories.json (sim: sources use "
+        "the simulator's truth)",
+    )
+    p.add_argument(
         "--feature-encoder",
         default=None,
         metavar="SPEC",
@@ -117,6 +125,7 @@ def _run(args: argparse.Namespace) -> int:
         train_maps=args.train_maps,
         components=args.components,
         probe=args.probe,
+        nsd_labels=args.nsd_labels,
         feature_encoder=args.feature_encoder,
         device=args.device,
         batch_size=args.batch_size,

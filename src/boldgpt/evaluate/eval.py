@@ -704,33 +704,55 @@ def reconstruction_task(
     }, example
 
 
-def category_labels(root: Path, nsd_ids: np.ndarray) -> np.ndarray:
-    """24-way benchmark labels of stimuli of the simulated dataset at ``root`` (-1 for
-    main objects outside the 24)."""
-    from boldgpt.evaluate.probing import coco_to_label
+def category_labeller(
+    sim_dir: Path | None, nsd_dir: str | os.PathLike | None
+) -> Callable[[np.ndarray], np.ndarray]:
+    """nsd ids -> 24-way benchmark labels (-1 outside the 24): from the benchmark's
+    metadata files in ``nsd_dir`` (real NSD,
+    :func:`boldgpt.evaluate.probing.load_nsd_category_labels`), else from the main object
+    of each stimulus of the simulated dataset at ``sim_dir``."""
+    from boldgpt.evaluate.probing import coco_to_label, load_nsd_category_labels
+
+    if nsd_dir is not None:
+        table = load_nsd_category_labels(nsd_dir)
+        return lambda ids: table[np.asarray(ids, dtype=np.int64)]
+    if sim_dir is None:
+        raise DataError(
+            "category decoding needs labels: a sim: source (the simulator's truth) or "
+            "--nsd-labels DIR with the benchmark's nsd_clip_coco_targets.npy and "
+            "nsd_include_coco_categories.json"
+        )
     from boldgpt.sim.truth import load_stimulus_truth
 
-    stim = load_stimulus_truth(root)
-    return coco_to_label(stim.label[stim.positions(nsd_ids)])
+    stim = load_stimulus_truth(sim_dir)
+    return lambda ids: coco_to_label(stim.label[stim.positions(ids)])
 
 
 def probe_task(
-    model: Any, data: SplitData, train: SplitData, labels_root: Path, batch_size: int = 64
+    model: Any,
+    data: SplitData,
+    train: SplitData,
+    labels: Callable[[np.ndarray], np.ndarray],
+    batch_size: int = 64,
 ) -> dict[str, Any]:
-    """24-way category decoding from single trials: a linear probe on the model's frozen
-    embeddings beside PCA(96) + logistic regression and PCA(96) + MLP on the raw maps and
-    the majority class, within subject and across subjects (leave one out)."""
+    """24-way category decoding from single trials (``labels``: nsd ids -> label, -1 for
+    rows to drop): a linear probe on the model's frozen embeddings beside PCA(96) +
+    logistic regression and PCA(96) + MLP on the raw maps and the majority class, within
+    subject and across subjects (leave one out; with two or more subjects). Returns
+    ``{scheme: {method: {"accuracy", "mean_subject_accuracy"}}}`` plus a ``chance`` row."""
     from boldgpt.evaluate import probing
 
     def labelled(d: SplitData) -> tuple[np.ndarray, np.ndarray]:
-        y = category_labels(labels_root, d.nsd_id)
+        y = labels(d.nsd_id)
         return np.flatnonzero(y >= 0), y
 
     tr_rows, tr_y = labelled(train)
     te_rows, te_y = labelled(data)
     if len(tr_rows) < 10 or len(te_rows) < 2:
         raise DataError("category decoding needs labelled training and test rows")
-    n_comp = min(96, len(tr_rows) - 1)
+    # a within-subject fit sees one subject's rows: PCA needs fewer components than that
+    smallest = np.unique(train.subject_id[tr_rows], return_counts=True)[1].min()
+    n_comp = int(min(96, smallest - 1))
     feats = {
         "linear probe (model)": (
             embed_maps(model, train.maps[tr_rows], train.subject_id[tr_rows], batch_size),
@@ -777,6 +799,8 @@ class EvalOptions:
         train_maps: training rows for the mean map, MaskedPCA and the ridge fits.
         components: MaskedPCA components.
         probe: also run category decoding (slow).
+        nsd_labels: folder of the NSD decoding benchmark's label files (real NSD); on
+            ``sim:`` sources the labels come from the simulator's truth.
         feature_encoder: image-encoder spec for two-way identification of
             reconstructions (None: pixel space).
         device: ``auto``, ``cpu`` or ``cuda``.
@@ -792,6 +816,7 @@ class EvalOptions:
     train_maps: int | None = 4000
     components: int = 128
     probe: bool = False
+    nsd_labels: str | None = None
     feature_encoder: str | None = None
     device: str = "auto"
     batch_size: int = 64
@@ -897,12 +922,8 @@ def _evaluate_models(
                         _reconstruction_figure(example, figure_dir / f"{tag}reconstructions.png")
                     )
             else:  # probe
-                if root is None:
-                    raise DataError(
-                        "--probe needs category labels: on a sim: source they come from the "
-                        "simulator's truth; real NSD labels are not wired into boldgpt eval yet"
-                    )
-                res = probe_task(model, data, train, root, bs)
+                labels = category_labeller(root, options.nsd_labels)
+                res = probe_task(model, data, train, labels, bs)
             entry["tasks"][task] = res
             entry.setdefault("timings_s", {})[task] = round(time.perf_counter() - t, 1)
         result["models"][d] = entry
