@@ -28,9 +28,6 @@ from boldgpt.engine.train import TrainData, train
 from boldgpt.errors import DiskFullError, NonFiniteError, RunLockedError
 
 SIDE = 8
-# Guards of the training loop, added once the engine's Trainer rewrite has landed.
-PENDING = pytest.mark.xfail(reason="training-loop guard not wired yet", strict=True)
-PENDING_NO_RUN = pytest.mark.xfail(reason="training-loop guard not wired yet", run=False)
 
 
 # ---------------------------------------------------------------------- tiny training
@@ -295,7 +292,6 @@ def test_second_run_on_the_same_out_dir_refuses(tmp_path):
         pass
 
 
-@PENDING
 def test_train_refuses_an_out_dir_in_use_and_writes_nothing(tmp_path):
     run(tmp_path, train={"max_steps": 3})
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != ".lock"}
@@ -367,7 +363,6 @@ def optimizer_kind(request, monkeypatch):
     return request.param
 
 
-@PENDING
 @pytest.mark.parametrize("kind", ["loss", "grad"])
 def test_non_finite_loss_or_gradient_stops_with_the_last_good_checkpoint(
     tmp_path, kind, optimizer_kind
@@ -386,7 +381,6 @@ def test_non_finite_loss_or_gradient_stops_with_the_last_good_checkpoint(
     assert finite_state(ckpts / "latest.pt")
 
 
-@PENDING
 def test_non_finite_batches_can_be_skipped_and_are_counted(tmp_path, optimizer_kind):
     from boldgpt.engine.logs import read_log
 
@@ -404,7 +398,6 @@ def test_non_finite_batches_can_be_skipped_and_are_counted(tmp_path, optimizer_k
 # ------------------------------------------------------------------- data-loader workers
 
 
-@PENDING_NO_RUN
 @pytest.mark.parametrize("fault", ["kill", "hang"])
 def test_a_dead_or_stuck_loader_worker_fails_fast(tmp_path, fault):
     start = time.perf_counter()

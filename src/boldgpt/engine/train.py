@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import math
+import os
 import shutil
 import signal
 import time
@@ -45,13 +46,14 @@ from boldgpt.engine.checkpoint import (
     CheckpointManager,
     check_compatible,
     load_checkpoint,
+    lock_run_dir,
     rng_state,
     set_rng_state,
     warn_if_not_exact,
 )
 from boldgpt.engine.config import TrainConfig, save_config
 from boldgpt.engine.logs import LOG_FILE, RunLogger, truncate_log
-from boldgpt.errors import CheckpointError, ConfigError, DataError
+from boldgpt.errors import CheckpointError, ConfigError, DataError, NonFiniteError
 from boldgpt.utils.threads import cpu_threads
 
 Batch = dict[str, torch.Tensor]
@@ -431,6 +433,9 @@ class Trainer:
         self._batches: Iterator[Batch] | None = None
         self._loss_sum = torch.zeros((), device=dev)
         self._metric_sums: dict[str, torch.Tensor] = {}  # the model's own, e.g. token accuracy
+        self.skipped_nonfinite = 0  # steps skipped for a NaN/Inf loss or gradient
+        self._skips_in_a_row = 0
+        self._nonfinite_pending = torch.zeros((), dtype=torch.int64, device=dev)
         self.logger = self._open_logs()
 
     # -- state: what a checkpoint holds, saved and restored side by side
@@ -503,8 +508,12 @@ class Trainer:
         """One optimizer step over ``optim.accumulation`` micro-batches (DDP all-reduces
         gradients on the last only); returns its ``lr`` and ``grad_norm`` (a 0-d tensor on
         the device: reading it waits for the device, so the loop does so only when it logs).
-        Losses and the model's metrics are summed for the next log line."""
+        Losses and the model's metrics are summed for the next log line. A NaN/Inf loss
+        or gradient never reaches the weights (:meth:`_guard_nonfinite`); a step skipped
+        for one returns None."""
         accum, ddp = self.config.optim.accumulation, self.forward_ddp
+        step_loss = torch.zeros((), device=self.device)
+        step_metrics: dict[str, torch.Tensor] = {}
         for micro in range(accum):
             batch = self._next_batch()
             sync = ddp.no_sync() if ddp and micro < accum - 1 else contextlib.nullcontext()
@@ -513,15 +522,22 @@ class Trainer:
                     out = self.forward(batch)
                 loss = out.loss.float()
                 self.scaler.scale(loss / accum).backward()
-            self._loss_sum += loss.detach() / accum
+            step_loss += loss.detach() / accum
             for key, value in (getattr(out, "metrics", None) or {}).items():
-                total = self._metric_sums.get(key, 0.0)
-                self._metric_sums[key] = total + value.detach().float() / accum
+                total = step_metrics.get(key, 0.0)
+                step_metrics[key] = total + value.detach().float() / accum
         if self.scaler.is_enabled():
             self.scaler.unscale_(self.optimizer)
         clip = self.config.optim.grad_clip
         params = [p for p in self.model.parameters() if p.requires_grad]
         grad_norm = nn.utils.clip_grad_norm_(params, clip if clip is not None else math.inf)
+        keep = self._guard_nonfinite(step_loss, grad_norm)
+        if keep is None:
+            return None
+        self._loss_sum += torch.where(keep, step_loss, 0.0)
+        for key, value in step_metrics.items():
+            kept = torch.where(keep, value, 0.0)
+            self._metric_sums[key] = self._metric_sums.get(key, 0.0) + kept
         self.scaler.step(self.optimizer)
         self.scaler.update()
         lr = self.optimizer.param_groups[0]["lr"]
@@ -529,6 +545,54 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
         return {"lr": lr, "grad_norm": grad_norm.detach()}
+
+    def _guard_nonfinite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor | None:
+        """Keep a NaN/Inf loss or gradient away from the weights. Returns whether the
+        step's loss counts (a 0-d bool on the device), or None when the step is skipped.
+
+        - fp16: the loss scaler already skips such steps;
+        - fused optimizers (GPU): no host-device sync per step: the optimizer skips the
+          update on the device (``found_inf``) and the next log line reports it (such a
+          step still counts towards ``max_steps``);
+        - otherwise (CPU, where reading a value is free): checked at once; the batch is
+          skipped or the run stops (:meth:`_nonfinite`).
+        """
+        dev = self.device
+        if self.scaler.is_enabled():
+            return torch.ones((), dtype=torch.bool, device=dev)
+        if self.optimizer.defaults.get("fused"):
+            bad = ~torch.isfinite(grad_norm)  # all-reduced gradients: the same on every rank
+            self.optimizer.found_inf = bad.float()
+            self._nonfinite_pending += bad
+            return ~bad
+        finite = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))
+        if not D.any_process(not finite, dev):
+            self._skips_in_a_row = 0
+            return torch.ones((), dtype=torch.bool, device=dev)
+        self.optimizer.zero_grad(set_to_none=True)
+        found = f"loss {float(loss):.4g}, gradient norm {float(grad_norm):.4g}"
+        self._nonfinite(f"step {self.global_step + 1}", 1, found)
+        return None
+
+    def _nonfinite(self, where: str, count: int, found: str) -> None:
+        """Count and log ``count`` skipped steps (``train.skip_nonfinite``), or raise
+        :class:`NonFiniteError` naming them and the last good checkpoint."""
+        self._skips_in_a_row += count
+        if self.config.train.skip_nonfinite and self._skips_in_a_row <= 50:
+            self.skipped_nonfinite += count
+            self.logger.message(
+                f"{where}: skipped a non-finite loss or gradient ({found}); "
+                f"{self.skipped_nonfinite} skipped so far"
+            )
+            return
+        last = self.ckpts.last_good_step_file() if self.info.is_main else None
+        kept = f"the last good checkpoint, {last}, is intact" if last else "no checkpoint yet"
+        raise NonFiniteError(
+            f"non-finite loss or gradient at {where} ({found}"
+            f"{', 50 in a row' if self._skips_in_a_row > 50 else ''}); the weights were not "
+            f"updated and {kept}. Lower optim.lr, raise optim.warmup_steps or use "
+            "train.precision=fp32, or set train.skip_nonfinite=true to skip such batches"
+        )
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -576,6 +640,8 @@ class Trainer:
             with _StopSignal() as stop_signal:
                 while self.global_step < cfg.train.max_steps:
                     stats = self.step()
+                    if stats is None:  # skipped (train.skip_nonfinite): nothing to log
+                        continue
                     if self.global_step % cfg.log.every == 0 or self._last_step():
                         result.last_train_loss = self._log_train(stats)
                     else:
@@ -609,6 +675,18 @@ class Trainer:
         step, dev = self.global_step, self.device
         now = time.perf_counter()
         n_steps = step - self._step_log
+        pending = int(self._nonfinite_pending)  # (a log line reads the device anyway)
+        if pending:
+            self._nonfinite_pending.zero_()
+            span = (
+                f"step {step}"
+                if n_steps == 1
+                else f"{pending} of steps {self._step_log + 1}-{step}"
+            )
+            self._nonfinite(span, pending, "their updates were skipped")
+        else:
+            self._skips_in_a_row = 0
+        n_steps = max(n_steps - pending, 1)  # the sums hold the kept steps only
         train_loss = D.all_reduce_mean(self._loss_sum / n_steps, dev)
         if not math.isfinite(train_loss):
             raise FloatingPointError(
@@ -629,6 +707,8 @@ class Trainer:
             "maps_per_s": maps_per_s,
             "epoch": sampler.epoch + sampler.position / sampler.epoch_length,
         }
+        if self.config.train.skip_nonfinite:
+            metrics["skipped_nonfinite"] = self.skipped_nonfinite
         self.logger.log(step, metrics)
         self.logger.progress(step, loss=train_loss, maps_s=f"{maps_per_s:.0f}")
         self._loss_sum.zero_()
@@ -694,6 +774,7 @@ class Trainer:
             sampler=sampler,
             num_workers=self.config.data.num_workers,
             seed=0,
+            timeout=self.config.data.worker_timeout,
         )
 
     def _resume_or_start(self) -> Path | None:
@@ -773,9 +854,18 @@ class Trainer:
                 sampler=self.sampler,
                 num_workers=self.config.data.num_workers,
                 seed=self.config.seed + self.sampler.epoch,
+                timeout=self.config.data.worker_timeout,
             )
             self._batches = iter(loader)
-        raw = next(self._batches)
+        try:
+            raw = next(self._batches)
+        except RuntimeError as exc:
+            if "DataLoader" not in str(exc):
+                raise
+            raise DataError(
+                f"a data-loader worker died or hung at step {self.global_step + 1} ({exc}); "
+                "run with data.num_workers=0 to see the underlying error in this process"
+            ) from exc
         if self.sampler.advance(1):
             self._batches = None  # epoch done; the next call starts the next epoch
         return self._prepare(raw)
@@ -832,7 +922,10 @@ def train(
     Returns:
         a :class:`TrainResult`. In a distributed run every process returns one.
     """
-    return Trainer(config, model=model, data=data).fit()
+    # one run per out_dir: a second one refuses before writing anything (rank 0 locks)
+    first_rank = os.environ.get("RANK", "0") == "0"
+    with lock_run_dir(config.out_dir) if first_rank else contextlib.nullcontext():
+        return Trainer(config, model=model, data=data).fit()
 
 
 # ------------------------------------------------------------------------------ helpers
