@@ -160,24 +160,31 @@ def sim_root(source: str) -> Path | None:
 
 @dataclass
 class Ridge:
-    """A fitted ridge regression ``Y ~ X``: ``predict(X) = ((X - mu) / sd) @ coef + y0``."""
+    """A fitted ridge regression ``Y ~ X``, kept factorized:
+    ``predict(X) = ((X - mu) / sd) @ v @ w + y0`` with ``v`` (d, k) the right singular
+    vectors of the standardized training features and ``w`` (k, P) (k <= min(n, d), so
+    wide features and wide targets cost no (d, P) matrix)."""
 
     mu: np.ndarray
     sd: np.ndarray
-    coef: np.ndarray
+    v: np.ndarray
+    w: np.ndarray
     y0: np.ndarray
     alpha: float
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return ((np.asarray(x, np.float64) - self.mu) / self.sd) @ self.coef + self.y0
+    def predict(self, x: Any) -> np.ndarray:
+        """(m, d) features -> (m, P) predictions."""
+        return (((np.asarray(x, np.float64) - self.mu) / self.sd) @ self.v) @ self.w + self.y0
 
 
-def _ridge_solve(x: np.ndarray, y: np.ndarray, alphas: Sequence[float]) -> list[np.ndarray]:
-    """Coefficients of standardized ``x`` (n, d) for centred ``y`` (n, P), one per alpha,
-    from one SVD."""
+def _ridge_factors(
+    x: np.ndarray, y: np.ndarray, alphas: Sequence[float]
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``(v, [w per alpha])`` of standardized ``x`` (n, d) and centred ``y`` (n, P) from
+    one SVD: the coefficients are ``v @ w``."""
     u, s, vt = np.linalg.svd(x, full_matrices=False)
     uty = u.T @ y
-    return [vt.T @ ((s / (s**2 + a))[:, None] * uty) for a in alphas]
+    return vt.T, [(s / (s**2 + a))[:, None] * uty for a in alphas]
 
 
 def fit_ridge(
@@ -200,18 +207,15 @@ def fit_ridge(
 
     xs, mu, sd = standardize(fit)
     y0 = y[fit].mean(0)
-    xv = (x[val] - mu) / sd
+    v, ws = _ridge_factors(xs, y[fit] - y0, alphas)
+    xv = ((x[val] - mu) / sd) @ v
     sst = ((y[val] - y[val].mean(0)) ** 2).sum()
-    scores = [
-        1 - ((xv @ c + y0 - y[val]) ** 2).sum() / max(sst, 1e-12)
-        for c in _ridge_solve(xs, y[fit] - y0, alphas)
-    ]
+    scores = [1 - ((xv @ w + y0 - y[val]) ** 2).sum() / max(sst, 1e-12) for w in ws]
     alpha = float(alphas[int(np.argmax(scores))])
-    all_rows = np.arange(len(x))
-    xs, mu, sd = standardize(all_rows)
+    xs, mu, sd = standardize(np.arange(len(x)))
     y0 = y.mean(0)
-    (coef,) = _ridge_solve(xs, y - y0, [alpha])
-    return Ridge(mu, sd, coef, y0, alpha)
+    v, (w,) = _ridge_factors(xs, y - y0, [alpha])
+    return Ridge(mu, sd, v, w, y0, alpha)
 
 
 def per_pixel_ols(features: np.ndarray, y: np.ndarray, eps: float = 1e-6) -> np.ndarray:
@@ -805,8 +809,8 @@ class EvalOptions:
             reconstructions (None: pixel space).
         device: ``auto``, ``cpu`` or ``cuda``.
         batch_size: maps per forward pass.
-        threads: torch CPU threads (None: torch's default). Small models on a busy
-            machine run many times faster with 1: oversubscribed threads spin-wait.
+        threads: torch and BLAS CPU threads (None: their defaults). Small models on a
+            busy machine run many times faster with 1: oversubscribed threads spin-wait.
     """
 
     source: str = "sim:demo"
@@ -834,9 +838,12 @@ def evaluate_models(
     content: ``source``, ``split``, ``seed``, ``counts``, ``models`` (model dir ->
     ``{"name", "class", "tasks": {task: results}, "figures": [...]}``) and
     ``timings_s``."""
+    from threadpoolctl import threadpool_limits
+
     from boldgpt.utils.threads import cpu_threads
 
-    with cpu_threads(options.threads):
+    # numpy / scikit-learn's BLAS threads as well as torch's
+    with cpu_threads(options.threads), threadpool_limits(options.threads):
         return _evaluate_models(model_dirs, options, figure_dir, log)
 
 
