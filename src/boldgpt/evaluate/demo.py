@@ -37,7 +37,14 @@ DEFAULT_STEPS = 1400
 DEMO_CONFIG: dict[str, Any] = {
     "seed": 0,
     "data": {"source": DEFAULT_SOURCE, "batch_size": 16},
-    "model": {"name": "boldgpt_micro_patch10", "kwargs": {}},
+    # Half the training orders reveal a region first (outward from a random slot, or one
+    # hemisphere first): completing a region or a hemisphere is then inside the training
+    # distribution (sim:demo, 1400 steps: one-pass completion R² +0.03 / +0.10 for the
+    # left-hemisphere / central prompts vs -0.07 / +0.02 with uniform orders).
+    "model": {
+        "name": "boldgpt_micro_patch10",
+        "kwargs": {"order_mix": {"random": 0.5, "outward": 0.25, "hemisphere": 0.25}},
+    },
     "optim": {"lr": 8.0e-3, "min_lr": 1.0e-4, "weight_decay": 0.05, "warmup_steps": 100},
     "train": {
         "max_steps": DEFAULT_STEPS,
