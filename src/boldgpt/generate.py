@@ -69,14 +69,7 @@ def sample(
     *,
     subject_id: int | torch.Tensor | None = None,
     order: Order = "fixed",
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    noise: str | None = None,
-    noise_scale: float = 1.0,
-    context: torch.Tensor | None = None,
-    use_cache: bool = True,
-    num_steps: int | None = None,
-    generator: torch.Generator | None = None,
+    **options: Any,
 ) -> torch.Tensor:
     """Draw ``batch_size`` new maps (B, H, W) (images: (B, C, H, W)).
 
@@ -86,38 +79,21 @@ def sample(
             subject token without a subject embedding).
         order: generation order: ``"fixed"``, ``"random"`` or a permutation (N,) /
             (B, N) of the slots.
-        temperature, top_k: token sampling (categorical models).
-        noise: continuous models: None (feed back the predicted mean: deterministic),
-            ``"residual"`` (draw each patch from N(mean, model.residual_cov), the
-            predictive distribution fitted after training) or ``"white"``
-            (independent noise per value).
-        noise_scale: multiplies the noise's standard deviation (``"white"``: it is
-            the std).
-        context: (B, M, C) for cross-attention models.
-        use_cache: KV-cache decoding (autoregressive models).
-        num_steps: rounds of parallel decoding (BEiT; default min(N, 16)).
-        generator: RNG for orders, tokens and noise (default: torch's global RNG).
+        options: ``temperature``, ``top_k``, ``noise``, ``noise_scale``, ``context``,
+            ``use_cache``, ``num_steps``, ``generator``, as in :func:`complete`.
+            Autoregressive models always decode patch by patch here (a draw must see
+            the patches drawn before it).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive; got {batch_size}")
+    if "method" in options:
+        raise TypeError("sample() takes no method: new maps are decoded patch by patch")
     p = model.patchify
     patches = torch.zeros(batch_size, p.num_patches, p.dim, device=model.device)
     observed = torch.zeros(batch_size, p.num_patches, dtype=torch.bool, device=model.device)
+    method = "autoregressive" if model.causal else None
     out = complete(
-        model,
-        patches,
-        observed,
-        subject_id=subject_id,
-        order=order,
-        temperature=temperature,
-        top_k=top_k,
-        noise=noise,
-        noise_scale=noise_scale,
-        context=context,
-        use_cache=use_cache,
-        num_steps=num_steps,
-        generator=generator,
-        method="autoregressive" if model.causal else None,
+        model, patches, observed, subject_id=subject_id, order=order, method=method, **options
     )
     return p.inverse(out)
 
@@ -146,6 +122,20 @@ def complete(
             are ignored).
         observed: (B, N) bool, True for patches given as the prompt; any set, any
             size per sample.
+        subject_id: an int or (B,) ids; None for the group prior.
+        order: order of the generated patches (``method="autoregressive"`` and BEiT):
+            ``"fixed"``, ``"random"`` or a permutation (N,) / (B, N) of the slots.
+        temperature, top_k: token sampling (categorical models).
+        noise: continuous models: None (feed back the predicted mean: deterministic),
+            ``"residual"`` (draw each patch from N(mean, model.residual_cov), the
+            predictive distribution fitted after training) or ``"white"``
+            (independent noise per value).
+        noise_scale: multiplies the noise's standard deviation (``"white"``: it is
+            the std).
+        context: (B, M, C) for cross-attention models.
+        use_cache: KV-cache decoding (autoregressive models).
+        num_steps: rounds of parallel decoding (BEiT; default min(N, 16)).
+        generator: RNG for orders, tokens and noise (default: torch's global RNG).
         method: autoregressive models: ``"query"`` (one pass: each hidden patch
             predicted from the observed ones only; the default for shuffled models)
             or ``"autoregressive"`` (one patch at a time in ``order``; the default for
@@ -154,7 +144,6 @@ def complete(
             ``"query"``, ``order`` and ``use_cache`` do not apply, and a draw
             (``noise``, ``temperature`` > 0) draws each hidden patch from its own
             conditional given the observed ones.
-        Others: as in :func:`sample`.
 
     Returns:
         (B, N, P) patches, equal to ``patches`` where ``observed``.
