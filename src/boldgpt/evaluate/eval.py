@@ -520,8 +520,10 @@ def encoding_task(
             if name == "model" and res.nc is not None:
                 pixel_r.setdefault("noise ceiling (% variance)", []).append(res.nc)
         per_subject[int(s)] = scores
-    methods = list(next(iter(per_subject.values())))
-    mean = {m: _mean_over_subjects({s: d[m] for s, d in per_subject.items()}) for m in methods}
+    methods = list(dict.fromkeys(m for d in per_subject.values() for m in d))
+    mean = {
+        m: _mean_over_subjects({s: d[m] for s, d in per_subject.items() if m in d}) for m in methods
+    }
     # the figure: methods with a defined r (not the constant mean map), the ceiling last
     ceiling = pixel_r.pop("noise ceiling (% variance)", None)
     if ceiling is not None:
@@ -621,8 +623,10 @@ def retrieval_task(
             example = {"sim": similarity(bold, img), "nsd_id": ids, "subject": int(s)}
     if not per_subject:
         raise DataError("retrieval needs at least 2 stimuli of one subject in the split")
-    methods = list(next(iter(per_subject.values())))
-    mean = {m: _mean_over_subjects({s: d[m] for s, d in per_subject.items()}) for m in methods}
+    methods = list(dict.fromkeys(m for d in per_subject.values() for m in d))
+    mean = {
+        m: _mean_over_subjects({s: d[m] for s, d in per_subject.items() if m in d}) for m in methods
+    }
     return {"mean": mean, "per_subject": {str(s): d for s, d in per_subject.items()}}, example
 
 
@@ -698,8 +702,10 @@ def reconstruction_task(
             example = {"true": true, "recon": recon, "nsd_id": ids}
     if not per_subject:
         raise DataError("reconstruction needs at least 2 stimuli of one subject in the split")
-    methods = list(next(iter(per_subject.values())))
-    mean = {m: _mean_over_subjects({s: d[m] for s, d in per_subject.items()}) for m in methods}
+    methods = list(dict.fromkeys(m for d in per_subject.values() for m in d))
+    mean = {
+        m: _mean_over_subjects({s: d[m] for s, d in per_subject.items() if m in d}) for m in methods
+    }
     feature_space = "pixels" if feature_encoder is None else feature_encoder.name or "encoder"
     return {
         "mean": mean,
