@@ -76,7 +76,11 @@ class ModelConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
     """Overrides passed to ``create_model`` (e.g. ``{categorical: true}``)."""
     init_from: str | None = None
-    """A model directory or hub id whose weights start the run (fine-tuning)."""
+    """A model directory or hub id whose weights start the run: the model there is
+    fine-tuned, except that an image↔BOLD model (``name`` cbip_* / image2bold_* /
+    bold2image_*) with a pretrained boldGPT / BEiT map model there is built from
+    ``name`` and ``kwargs`` and its BOLD side starts from that model (OUT_DIR/init_from.txt
+    lists the tensors loaded, new and skipped)."""
     freeze: list[str] = field(default_factory=list)
     """Glob patterns of parameter names to keep fixed, e.g. ``["backbone.blocks.0.*"]``."""
     vocab: str | None = None

@@ -4,14 +4,18 @@ Order of events:
 
 1. validate the config, join the torchrun process group (if any), seed;
 2. ask the model's config what a batch must hold (:func:`batch_spec`: maps, images,
-   subject ids), load the data (rank 0 builds the uint8 cache first), create the model,
-   freeze parameters by pattern, build AdamW + warmup/cosine schedule;
+   subject ids), load the data (rank 0 builds the uint8 cache first), create the model
+   (or take it from ``model.init_from``, or start an image↔BOLD model's BOLD side from
+   the pretrained map model there: :func:`build_model`, reported in ``init_from.txt``),
+   freeze parameters by pattern, build AdamW + warmup/cosine schedule; images are
+   normalised as the model asks (``image_normalization``, else ImageNet's);
 3. resume from a checkpoint if there is one (:meth:`Trainer.load_state_dict`, beside
    :meth:`Trainer.state_dict` which writes it), after checking that it fits this model:
    every error surfaces here, before the first step;
 4. loop (:meth:`Trainer.fit`): :meth:`Trainer.step` accumulates gradients over
    micro-batches (DDP syncs only on the last), clips and steps; log, evaluate, draw
-   examples and checkpoint on schedule; stop on ``max_steps``, ``stop_after``,
+   the model family's example figure (``boldgpt.viz.train.EXAMPLE_FIGURES``) and
+   checkpoint on schedule; stop on ``max_steps``, ``stop_after``,
    ``max_minutes`` or SIGINT/SIGTERM (which saves a checkpoint first);
 5. at the end, fit the residual covariance of continuous autoregressive models and save
    the model directory ``OUT_DIR/model`` (loadable by ``boldgpt.load_model``).
@@ -54,9 +58,12 @@ from boldgpt.engine.checkpoint import (
 from boldgpt.engine.config import TrainConfig, save_config
 from boldgpt.engine.logs import LOG_FILE, RunLogger, truncate_log
 from boldgpt.errors import CheckpointError, ConfigError, DataError, NonFiniteError
+from boldgpt.utils.io import atomic_write
 from boldgpt.utils.threads import cpu_threads
 
 Batch = dict[str, torch.Tensor]
+INIT_FILE = "init_from.txt"
+"""What ``model.init_from`` did (tensors loaded, new, skipped and why), in OUT_DIR."""
 
 
 @dataclass
@@ -84,11 +91,14 @@ class BatchSpec:
     for models of images; image↔BOLD families list both inputs. ``image_size``: the side
     S of the (S, S) images to cache when ``"image"`` is a key. ``num_subjects``: subject
     ids must lie in ``[0, num_subjects)`` (checked on the host batch); None: unchecked.
+    ``image_normalization``: (mean, std) per channel the images are normalised with,
+    the model's own (e.g. a timm encoder's) when it has one; None: ImageNet's.
     """
 
     keys: tuple[str, ...] = ("activity", "subject_id")
     image_size: int | None = None
     num_subjects: int | None = None
+    image_normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     @property
     def images(self) -> bool:
@@ -136,7 +146,8 @@ def process_seed(seed: int, rank: int) -> int:
 
 def batch_spec(config: TrainConfig, model: nn.Module | None = None) -> BatchSpec:
     """What a batch must hold for ``model`` (or, when None, for the configured registry
-    model, resolved by ``boldgpt.models.registry.model_config`` without building it).
+    model, resolved by ``boldgpt.models.registry.model_config`` without building it;
+    the image normalisation is then unknown: ImageNet's until the model is built).
 
     A model without a registry config (e.g. a custom module passed to :func:`train`)
     gets BOLD maps with subject ids."""
@@ -150,7 +161,10 @@ def batch_spec(config: TrainConfig, model: nn.Module | None = None) -> BatchSpec
     if keys is None:
         return BatchSpec()
     subjects = getattr(cfg, "num_subjects", None) if "subject_id" in keys else None
-    return BatchSpec(tuple(keys), getattr(cfg, "image_size", None), subjects)
+    norm = getattr(model, "image_normalization", None)
+    if norm is not None:
+        norm = (tuple(map(float, norm[0])), tuple(map(float, norm[1])))
+    return BatchSpec(tuple(keys), getattr(cfg, "image_size", None), subjects, norm)
 
 
 def load_train_data(
@@ -198,36 +212,86 @@ def load_train_data(
     mask = None
     if spec.maps:
         mask = read_mask_file(cfg.mask_file, schema.MAP_SHAPE) if cfg.mask_file else train_set.mask
-    return TrainData(train=train_set, val=val_set, mask=mask, prepare=_prepare_keys(spec.keys))
+    return TrainData(
+        train=train_set,
+        val=val_set,
+        mask=mask,
+        prepare=_prepare_keys(spec.keys, spec.image_normalization),
+    )
 
 
-def _prepare_keys(keys: tuple[str, ...]) -> Callable[[Batch, torch.device], Batch]:
+def _prepare_keys(
+    keys: tuple[str, ...],
+    image_normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+) -> Callable[[Batch, torch.device], Batch]:
     """``prepare_batch`` of only the keys the model reads (a model of images need not
-    copy maps to the device)."""
-    from boldgpt.data.transforms import prepare_batch
+    copy maps to the device), images normalised with ``image_normalization`` = (mean,
+    std) per channel (None: ImageNet's)."""
+    from boldgpt.data.transforms import IMAGENET_MEAN, IMAGENET_STD, prepare_batch
+
+    mean, std = image_normalization or (IMAGENET_MEAN, IMAGENET_STD)
 
     def prepare(batch: Batch, device: torch.device) -> Batch:
         missing = [k for k in keys if k not in batch]
         if missing:
             raise DataError(f"the model needs batch keys {missing}; the data has {sorted(batch)}")
-        return prepare_batch({k: batch[k] for k in keys}, device)
+        return prepare_batch({k: batch[k] for k in keys}, device, image_mean=mean, image_std=std)
 
     return prepare
 
 
-def build_model(config: TrainConfig, mask: np.ndarray | None) -> nn.Module:
-    """``create_model(name, mask=mask, **kwargs)``, or the model in ``init_from``."""
-    from boldgpt.models.registry import create_model, load_model
+def build_model(
+    config: TrainConfig, mask: np.ndarray | None, source: nn.Module | None = None
+) -> tuple[nn.Module, list[str]]:
+    """The model to train and the lines the run log gets about its start.
+
+    - without ``model.init_from``: ``create_model(name, mask=mask, **kwargs)``;
+    - with it, when the configured model is an image↔BOLD family (CBIP, image2bold,
+      bold2image: it reads maps and images) and the directory holds another family (a
+      pretrained boldGPT / BEiT map model): ``create_model(name, mask, **kwargs)``, then
+      :func:`boldgpt.models.pretrained.init_from` copies the map model's tensors into
+      its BOLD side; the lines list what was loaded, new and skipped (and why). A
+      CheckpointError if the map model has another mask or patch size;
+    - otherwise the directory's own model, fine-tuned (``model.kwargs`` refused).
+
+    ``source``: the ``init_from`` model when already loaded (:func:`load_init_source`).
+    """
+    from boldgpt.models.pretrained import init_from
+    from boldgpt.models.registry import create_model
 
     cfg = config.model
-    if cfg.init_from:
-        if cfg.kwargs:
-            raise ConfigError(
-                f"model.kwargs {sorted(cfg.kwargs)} cannot change a model loaded from "
-                f"model.init_from={cfg.init_from!r}; remove them or start from a name"
-            )
-        return load_model(cfg.init_from)
-    return create_model(cfg.name, mask=mask, **cfg.kwargs)
+    if not cfg.init_from:
+        return create_model(cfg.name, mask=mask, **cfg.kwargs), []
+    source = source if source is not None else load_init_source(config)
+    if starts_new_model(config, source):
+        model = create_model(cfg.name, mask=mask, **cfg.kwargs)
+        report = init_from(model, source)
+        report.source = cfg.init_from
+        return model, report.lines()
+    if cfg.kwargs:
+        raise ConfigError(
+            f"model.kwargs {sorted(cfg.kwargs)} cannot change a model loaded from "
+            f"model.init_from={cfg.init_from!r}; remove them or start from a name"
+        )
+    return source, [f"fine-tuning the {_family(source)} model of {cfg.init_from}"]
+
+
+def load_init_source(config: TrainConfig) -> nn.Module:
+    """The model in ``model.init_from`` (a model directory or hub id)."""
+    from boldgpt.models.registry import load_model
+
+    return load_model(config.model.init_from)
+
+
+def starts_new_model(config: TrainConfig, source: nn.Module) -> bool:
+    """Whether ``model.init_from``'s model (``source``) only starts the BOLD side of a
+    new model of the configured name (an image↔BOLD family, another family than the
+    source's), rather than being the model that is fine-tuned."""
+    from boldgpt.models.registry import model_config
+
+    cfg = model_config(config.model.name, **config.model.kwargs)
+    reads_maps_and_images = {"activity", "image"} <= set(getattr(cfg, "batch_keys", ()))
+    return reads_maps_and_images and type(cfg).model_class != _family(source)
 
 
 def freeze_parameters(model: nn.Module, patterns: list[str]) -> list[str]:
@@ -404,11 +468,20 @@ class Trainer:
 
         # -- data and model (identical initialization on every process)
         seed_everything(config.seed)
+        self.init_report: list[str] = []  # what model.init_from did (for the log)
+        source = None
         if model is None and config.model.init_from:
-            model = build_model(config, mask=None)  # its config says what a batch holds
+            source = load_init_source(config)
+            if not starts_new_model(config, source):  # fine-tuning: its config says
+                model, self.init_report = build_model(config, None, source)  # what a batch holds
         self.spec = batch_spec(config, model)
         self.data = data if data is not None else load_train_data(config, info, self.spec)
-        self.model = model if model is not None else build_model(config, self.data.mask)
+        if model is None:  # (init_from checks the mask before any step)
+            model, self.init_report = build_model(config, self.data.mask, source)
+        self.model = model
+        if data is None:  # the engine's own batches: images normalised as this model expects
+            self.spec = batch_spec(config, model)
+            self.data.prepare = _prepare_keys(self.spec.keys, self.spec.image_normalization)
         self.model.to(dev)
         self.frozen = freeze_parameters(self.model, config.model.freeze)
         self.optimizer = make_optimizer(self.model, config, dev)
@@ -838,8 +911,16 @@ class Trainer:
             f" on {info.world_size} x {self.device}, global batch {self.global_batch}, "
             f"steps {step}->{cfg.train.max_steps}{resumed}"
         )
-        if cfg.log.figures_every and not self.spec.maps:
-            logger.message("no example figures: they are drawn for models of flat maps only")
+        if self.init_report and not self.resumed_from:
+            for line in self.init_report:
+                logger.message(line)
+            if info.is_main:  # kept beside the metrics: the console scrolls away
+                with atomic_write(self.out_dir / INIT_FILE, "w") as f:
+                    f.write("\n".join(self.init_report) + "\n")
+        if cfg.log.figures_every and self._example_drawer() is None:
+            logger.message(
+                f"no example figures: boldgpt.viz has none for {_family(self.model)} models"
+            )
         return logger
 
     # -- batches
@@ -885,11 +966,19 @@ class Trainer:
         dtype = torch.bfloat16 if precision == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
+    def _example_drawer(self) -> Callable[[nn.Module, Batch], Any] | None:
+        """The model family's example figure (``boldgpt.viz.train.EXAMPLE_FIGURES``), or
+        None when viz has none for it (the run then draws none and says so once)."""
+        from boldgpt.viz.train import example_figure_drawer
+
+        return example_figure_drawer(self.model)
+
     def _draw_examples(self) -> None:
-        """Figure of the model's view of the first validation maps (rank 0)."""
-        if not self.info.is_main or self.config.log.num_examples < 1 or not self.spec.maps:
-            return  # (the example figure draws flat maps; see _open_logs)
-        from boldgpt.viz.train import training_examples_figure
+        """Figure of the model's view of the first validation examples (rank 0)."""
+        draw = self._example_drawer()
+        if not self.info.is_main or self.config.log.num_examples < 1 or draw is None:
+            return  # (a family without a figure was named in the log by _open_logs)
+        from boldgpt.viz.maps import save_figure
 
         data, n = self.data, self.config.log.num_examples
         dataset = data.val if data.val is not None and len(data.val) else data.train
@@ -900,7 +989,8 @@ class Trainer:
             was_training = self.model.training
             self.model.eval()
             try:
-                training_examples_figure(self.model, self._prepare(examples), path)
+                with torch.no_grad():
+                    save_figure(draw(self.model, self._prepare(examples)), path)
             finally:
                 self.model.train(was_training)
         self.logger.figure(self.global_step, "examples", path)
@@ -938,6 +1028,11 @@ def _resume_path(config: TrainConfig, ckpts: CheckpointManager) -> Path | None:
     if resume == "auto":
         return ckpts.latest()
     return Path(resume)
+
+
+def _family(model: nn.Module) -> str:
+    """The model's family (its registry config's ``model_class``) or class name."""
+    return getattr(getattr(model, "config", None), "model_class", "") or type(model).__name__
 
 
 @contextlib.contextmanager

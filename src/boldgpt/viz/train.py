@@ -2,14 +2,16 @@
 completions beside real maps, and loss curves with their baselines.
 
 The ``*_figure`` functions take numpy arrays and return a matplotlib ``Figure``;
-:func:`training_examples_figure` computes its arrays from a model and a batch (the
-one place that knows which model draws which columns).
+:func:`training_examples_figure` draws a model's view of a batch, through the one
+table of which family draws which figure (:data:`EXAMPLE_FIGURES`, looked up by
+:func:`example_figure_drawer`; the image↔BOLD families' figures are in
+:mod:`boldgpt.viz.image_bold`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,12 +132,24 @@ def _r2_label(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> str:
     return f"R²={1 - np.square(p[ok] - t[ok]).sum() / max(ss, 1e-12):.2f}"
 
 
-@torch.no_grad()
-def training_examples_figure(
-    model: Any, batch: Mapping[str, torch.Tensor], path: str | os.PathLike | None = None
-) -> Figure | None:
-    """Draw a boldGPT or BEiT model's view of a prepared batch; save to ``path``
-    (then close the figure and return None) or return the figure.
+ExampleDrawer = Callable[[Any, Mapping[str, torch.Tensor]], Figure]
+
+
+def _image_bold(name: str) -> ExampleDrawer:
+    """A drawer of :mod:`boldgpt.viz.image_bold`, imported when first used."""
+
+    def draw(model: Any, batch: Mapping[str, torch.Tensor]) -> Figure:
+        from boldgpt.viz import image_bold
+
+        return getattr(image_bold, name)(model, batch)
+
+    return draw
+
+
+def map_model_examples_figure(model: Any, batch: Mapping[str, torch.Tensor]) -> Figure:
+    """A boldGPT (IGPT) or BEiT model's view of a prepared batch of maps: next-patch
+    predictions, a sample and the order (:func:`gpt_examples_figure`), or the masked
+    patches filled in (:func:`beit_examples_figure`).
 
     Shuffled models are shown in a random order (as trained), so the order column
     shows what the model handles; random draws use torch's global RNG (the caller
@@ -177,6 +191,49 @@ def training_examples_figure(
             mask,
             title=f"{type(model).__name__}: masked patches filled in ({ratio:.0%} masked)",
         )
+    return fig
+
+
+EXAMPLE_FIGURES: dict[str, ExampleDrawer] = {
+    "IGPT": map_model_examples_figure,
+    "BEiT": map_model_examples_figure,
+    "Image2BOLD": _image_bold("image2bold_examples_figure"),
+    "Bold2Image": _image_bold("bold2image_examples_figure"),
+    "CBIP": _image_bold("cbip_examples_figure"),
+}
+"""Which function draws the training examples of each model family (the
+``model_class`` of its registry config)."""
+
+
+def example_figure_drawer(model: Any) -> ExampleDrawer | None:
+    """The function ``draw(model, batch) -> Figure`` of ``model``'s family in
+    :data:`EXAMPLE_FIGURES`; None for a family without one (a module without a
+    registry config, or a model of images alone, whose examples are not flat maps)."""
+    config = getattr(model, "config", None)
+    if getattr(config, "input_key", "activity") != "activity":
+        return None
+    return EXAMPLE_FIGURES.get(getattr(config, "model_class", ""))
+
+
+@torch.no_grad()
+def training_examples_figure(
+    model: Any, batch: Mapping[str, torch.Tensor], path: str | os.PathLike | None = None
+) -> Figure | None:
+    """Draw ``model``'s view of a prepared batch with its family's drawer
+    (:func:`example_figure_drawer`); save to ``path`` (then close the figure and
+    return None) or return the figure.
+
+    Raises:
+        ValueError: no figure is defined for the model's family.
+    """
+    draw = example_figure_drawer(model)
+    if draw is None:
+        family = getattr(getattr(model, "config", None), "model_class", type(model).__name__)
+        raise ValueError(
+            f"no training example figure for {family or type(model).__name__} models; "
+            f"known families: {sorted(EXAMPLE_FIGURES)} (over BOLD maps)"
+        )
+    fig = draw(model, batch)
     if path is None:
         return fig
     save_figure(fig, path)
