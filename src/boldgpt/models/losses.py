@@ -119,7 +119,34 @@ def _retrieval_top1(sim: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         return pos.gather(1, best[:, None]).mean()
 
 
-class ClipLoss(nn.Module):
+class ContrastiveLoss(nn.Module):
+    """Base of the losses: ``forward(bold (B, C), image (B, C), stimulus_id (B,) | None,
+    *, gather=True) -> (scalar loss, metrics)``; subclasses score the similarity matrix
+    and the positives in :meth:`score`. ``gather=False``: this rank's batch only (e.g.
+    evaluation, where the last batches of the ranks may differ in size)."""
+
+    gathers = True  # whether negatives come from the global batch
+
+    def forward(
+        self,
+        bold: torch.Tensor,
+        image: torch.Tensor,
+        stimulus_id: torch.Tensor | None = None,
+        *,
+        gather: bool = True,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        sim, pos = _similarities(bold, image, stimulus_id, gather and self.gathers)
+        loss, metrics = self.score(sim, pos)
+        return loss, {**metrics, "top1": _retrieval_top1(sim, pos)}
+
+    def score(
+        self, sim: torch.Tensor, pos: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(loss, extra metrics) from cosine similarities (B, B) and positives (B, B)."""
+        raise NotImplementedError
+
+
+class ClipLoss(ContrastiveLoss):
     """Symmetric InfoNCE with every trial of the same stimulus a positive.
 
     Args:
@@ -135,29 +162,16 @@ class ClipLoss(nn.Module):
             )
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
 
-    def forward(
-        self,
-        bold: torch.Tensor,
-        image: torch.Tensor,
-        stimulus_id: torch.Tensor | None = None,
-        *,
-        gather: bool = True,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """bold (B, C), image (B, C), stimulus_id (B,) -> (scalar loss, metrics);
-        ``gather=False``: this rank's batch only (e.g. evaluation, where the last
-        batches of the ranks may differ in size)."""
-        sim, pos = _similarities(bold, image, stimulus_id, gather)
+    def score(self, sim, pos):
         scale = self.log_scale.clamp(max=math.log(MAX_CLIP_SCALE)).exp()
         logits = scale * sim
         target = pos / pos.sum(dim=1, keepdim=True)  # pos is symmetric: columns alike
         bold_to_image = -(target * logits.log_softmax(dim=1)).sum(dim=1).mean()
         image_to_bold = -(target.T * logits.T.log_softmax(dim=1)).sum(dim=1).mean()
-        loss = (bold_to_image + image_to_bold) / 2
-        metrics = {"scale": scale.detach(), "top1": _retrieval_top1(sim, pos)}
-        return loss, metrics
+        return (bold_to_image + image_to_bold) / 2, {"scale": scale.detach()}
 
 
-class SigLipLoss(nn.Module):
+class SigLipLoss(ContrastiveLoss):
     """Pairwise sigmoid loss with learned scale and bias (duplicates are positives).
 
     Args:
@@ -172,51 +186,23 @@ class SigLipLoss(nn.Module):
         self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
         self.bias = nn.Parameter(torch.tensor(float(init_bias)))
 
-    def forward(
-        self,
-        bold: torch.Tensor,
-        image: torch.Tensor,
-        stimulus_id: torch.Tensor | None = None,
-        *,
-        gather: bool = True,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """bold (B, C), image (B, C), stimulus_id (B,) -> (scalar loss, metrics);
-        ``gather=False``: this rank's batch only (e.g. evaluation, where the last
-        batches of the ranks may differ in size)."""
-        sim, pos = _similarities(bold, image, stimulus_id, gather)
+    def score(self, sim, pos):
         scale = self.log_scale.exp()
         logits = scale * sim + self.bias
         labels = 2 * pos - 1
         loss = -F.logsigmoid(labels * logits).sum() / sim.shape[0]
-        metrics = {
-            "scale": scale.detach(),
-            "bias": self.bias.detach(),
-            "top1": _retrieval_top1(sim, pos),
-        }
-        return loss, metrics
+        return loss, {"scale": scale.detach(), "bias": self.bias.detach()}
 
 
-class CosineLoss(nn.Module):
-    """``mean_i (1 - cos(bold_i, image_i))``: regression onto each trial's own target."""
+class CosineLoss(ContrastiveLoss):
+    """``mean_i (1 - cos(bold_i, image_i))``: regression onto each trial's own target.
+    ``stimulus_id`` only serves the retrieval metric (the loss has no negatives, so it
+    never gathers)."""
 
-    def forward(
-        self,
-        bold: torch.Tensor,
-        image: torch.Tensor,
-        stimulus_id: torch.Tensor | None = None,
-        *,
-        gather: bool = True,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """bold (B, C), image (B, C) -> (scalar loss, metrics); ``stimulus_id`` only
-        serves the retrieval metric (within this rank's batch: the loss has no
-        negatives, so ``gather`` changes nothing)."""
-        _check_pair(bold, image)
-        cos = F.cosine_similarity(bold.float(), image.float(), dim=-1)
-        loss = (1 - cos).mean()
-        with torch.no_grad():
-            sim = F.normalize(bold.float(), dim=-1) @ F.normalize(image.float(), dim=-1).T
-            pos = positives(stimulus_id, bold.shape[0], bold.device)
-        return loss, {"top1": _retrieval_top1(sim, pos)}
+    gathers = False
+
+    def score(self, sim, pos):
+        return (1 - sim.diagonal()).mean(), {}
 
 
 def make_contrastive_loss(name: str) -> nn.Module:
