@@ -4,7 +4,8 @@
   pass (:func:`boldgpt.generate.complete`, ``method="query"``, nothing observed),
   labelled with its per-pixel correlation r with the measured map;
 - bold2image: the map, the true picture, the one-pass reconstruction from the map,
-  labelled with its pixel correlation r with the true picture;
+  labelled with its pixel correlation r with the true picture (both as drawn: RGB in
+  [0, 1]);
 - CBIP: the map, the true picture, and the pictures of the example batch whose image
   embeddings are closest to the map's BOLD embedding (cosine similarity; one per
   stimulus; the true one is marked).
@@ -69,7 +70,7 @@ def panels_figure(
 ) -> Figure:
     """A table of map and picture panels: one row per example, ``titles`` over the
     columns; a missing cell (a short row) is left blank."""
-    cols = max(len(titles), *(len(r) for r in rows))
+    cols = max([len(titles), *map(len, rows)])
     fig, axes = map_grid(len(rows), cols, size=size, titles=titles)
     for i, row in enumerate(rows):
         for j in range(cols):
