@@ -330,3 +330,66 @@ def test_token_model_needs_a_fitted_vocabulary():
     model.tokenizer.vocab.normal_()  # e.g. loaded from a vocabulary file
     assert model.tokenizer.is_fitted
     assert model(batch).target.shape == (3, model.num_patches)
+
+
+@pytest.mark.parametrize("num_registers", [0, 2])
+def test_query_tokens_predict_each_slot_as_if_it_came_right_after_the_cut(num_registers):
+    """The one-pass training queries: slot j queried at cut k is exactly the model's
+    prediction for j when the order puts j at step k; the main outputs are those of the
+    plain sequence."""
+    model = make_model(num_registers=num_registers, query_tokens=4)
+    batch = make_batch(model)
+    p, N = model.patchify, model.num_patches
+    torch.manual_seed(3)
+    order = torch.stack([torch.randperm(N) for _ in range(3)])
+    seq = torch.gather(p(batch["activity"]), 1, order[..., None].expand(-1, -1, p.dim))
+    next_slots = torch.cat([order, order.new_full((3, 1), N)], dim=1)
+    sid, k = batch["subject_id"], 7
+    picks = torch.tensor([[7, 9, 15, N - 1], [8, 10, 11, 12], [N - 2, 7, 13, N - 3]])
+    query_slots = order.gather(1, picks)
+    with torch.no_grad():
+        main, queried = model.query_predictions(seq, order, next_slots, sid, None, k, query_slots)
+        plain = model.decode(seq, order, next_slots, sid)
+        assert torch.allclose(main, plain, atol=1e-5)
+        for b in range(3):
+            for m, pos in enumerate(picks[b].tolist()):
+                moved = order[b].clone()
+                moved[[k, pos]] = moved[[pos, k]]  # slot pos of the order now comes at step k
+                ref = model(
+                    {"activity": batch["activity"][b : b + 1], "subject_id": sid[b : b + 1]},
+                    order=moved[None],
+                ).output[0, k]
+                assert torch.allclose(queried[b, m], ref, atol=1e-5), (b, m)
+
+
+def test_query_tokens_join_the_training_loss_and_never_see_hidden_patches():
+    model = make_model(query_tokens=5).train()
+    batch = make_batch(model)
+    torch.manual_seed(11)
+    loss = model(batch).loss
+    torch.manual_seed(11)
+    plain = make_model(query_tokens=0).train()(batch).loss
+    assert not torch.isclose(loss, plain)  # the queries' errors are part of the loss
+    p, N = model.patchify, model.num_patches
+    order = torch.stack([torch.randperm(N) for _ in range(3)])
+    seq = torch.gather(p(batch["activity"]), 1, order[..., None].expand(-1, -1, p.dim))
+    next_slots = torch.cat([order, order.new_full((3, 1), N)], dim=1)
+    query_slots = order[:, 10:14]
+    model.eval()
+    with torch.no_grad():
+        _, q1 = model.query_predictions(
+            seq, order, next_slots, batch["subject_id"], None, 10, query_slots
+        )
+        later = seq.clone()
+        later[:, 10:] += 5.0  # every patch from the cut on, the queried ones included
+        _, q2 = model.query_predictions(
+            later, order, next_slots, batch["subject_id"], None, 10, query_slots
+        )
+    assert torch.equal(q1, q2)
+
+
+def test_query_tokens_need_a_shuffled_model():
+    with pytest.raises(ConfigError, match="query_tokens"):
+        IGPTConfig(shuffle=False, query_tokens=4)
+    with pytest.raises(ConfigError, match="query_tokens"):
+        IGPTConfig(query_tokens=-1)

@@ -178,11 +178,17 @@ class IGPTConfig(PatchModelConfig):
             permutations; ``outward``: outward from a random centre slot;
             ``hemisphere``: one half of the map, then the other). Default: all
             random. Normalised to sum to 1.
+        query_tokens: training only (shuffled models): per sample, this many extra
+            one-pass query tokens. At a random cut k of the order (one per batch),
+            that many of the hidden slots are each predicted directly from the first
+            k patches, as ``generate.complete(method="query")`` does; their loss
+            joins the next-patch loss (one mean over every prediction). 0: off.
     """
 
     shuffle: bool = True
     legacy_registers: bool = False
     order_mix: dict[str, float] = field(default_factory=lambda: {"random": 1.0})
+    query_tokens: int = 0
 
     model_class: ClassVar[str] = "IGPT"
 
@@ -200,6 +206,14 @@ class IGPTConfig(PatchModelConfig):
             raise ConfigError(f"model config order_mix={self.order_mix!r}: weights sum to 0")
         if not self.shuffle and mix != {"random": 1.0}:
             raise ConfigError("model config order_mix needs shuffle=True (a fixed order)")
+        if self.query_tokens < 0 or (
+            self.query_tokens and (not self.shuffle or self.legacy_registers)
+        ):
+            raise ConfigError(
+                f"model config query_tokens={self.query_tokens}: expected 0, or a positive "
+                "count with shuffle=True and without legacy registers (queries need "
+                "next-position queries and causal-safe registers)"
+            )
         # (frozen: normalise through object.__setattr__, the dataclass way)
         normalised = {k: float(w) / total for k, w in sorted(mix.items()) if float(w) > 0}
         object.__setattr__(self, "order_mix", normalised)

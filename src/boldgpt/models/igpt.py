@@ -174,6 +174,45 @@ class IGPT(PatchModel):
         h = b(x, context, cache)
         return self.predict(h[:, -(num_outputs or L) :])
 
+    def query_predictions(
+        self,
+        seq: torch.Tensor,
+        order: torch.Tensor,
+        next_slots: torch.Tensor,
+        subject_id: torch.Tensor | None,
+        context: torch.Tensor | None,
+        k: int,
+        query_slots: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward pass giving the next-patch predictions of a whole sequence and,
+        for each slot in ``query_slots`` (B, Q), its prediction from the first ``k``
+        patches of the order alone (the one-pass query of
+        ``generate.complete(method="query")``).
+
+        A query token is the token whose output predicts step k (the last prefix token
+        for k = 0, else patch ``order[:, k-1]``) with the next-position query of its own
+        slot; it attends to the tokens before that one and to itself, so its output is
+        what the model predicts for that slot when the order puts it at step k.
+
+        Returns:
+            (B, N + 1, C) as :meth:`decode` without a cache, and (B, Q, C).
+        """
+        b = self.backbone
+        B, T = seq.shape[:2]
+        R, Q = b.num_prefix, query_slots.shape[1]
+        base = torch.cat([b.prefix(subject_id, B), b.embed_patches(seq, order)], dim=1)
+        x = base + F.pad(b.queries(next_slots), (0, 0, R - 1, 0))
+        last = R + k - 1
+        extra = base[:, last : last + 1] + b.queries(query_slots)
+        L = R + T
+        attn_mask = torch.zeros(L + Q, L + Q, dtype=torch.bool, device=seq.device)
+        attn_mask[:L, :L] = torch.ones(L, L, dtype=torch.bool, device=seq.device).tril_()
+        attn_mask[L:, :last] = True
+        attn_mask[L:, L:] = torch.eye(Q, dtype=torch.bool, device=seq.device)
+        h = b(torch.cat([x, extra], dim=1), context, attn_mask=attn_mask)
+        out = self.predict(torch.cat([h[:, R - 1 : L], h[:, L:]], dim=1))
+        return out[:, : T + 1], out[:, T + 1 :]
+
     def init_cache(self) -> KVCache:
         """An empty KV cache for decoding full sequences (prefix + N patches); its
         buffers are allocated on first use, for that batch."""
@@ -206,17 +245,35 @@ class IGPT(PatchModel):
         order = self.resolve_order(order, B)
         seq = permute(patches, order)
         end = order.new_full((B, 1), N)
-        output = self.decode(seq, order, torch.cat([order, end], dim=1), subject_id, context)
-        output = output[:, :N]  # the end query's output predicts nothing
+        next_slots = torch.cat([order, end], dim=1)
+        Q = min(self.config.query_tokens, N - 1) if self.training else 0
+        if Q:
+            k = int(torch.randint(1, N - Q + 1, ()))  # the cut: k observed patches
+            # Q hidden positions per sample, drawn among steps k .. N-1 of its order
+            picked = torch.rand(B, N - k, device=order.device).argsort(dim=1)[:, :Q] + k
+            query_slots = order.gather(1, picked)
+            output, queried = self.query_predictions(
+                seq, order, next_slots, subject_id, context, k, query_slots
+            )
+            output = output[:, :N]
+            predictions = torch.cat([output, queried], dim=1)
+            targets = torch.cat(
+                [seq, seq.gather(1, picked[..., None].expand(-1, -1, seq.shape[2]))], 1
+            )
+            slots = torch.cat([order, query_slots], dim=1)
+        else:
+            output = self.decode(seq, order, next_slots, subject_id, context)[:, :N]
+            predictions, targets, slots = output, seq, order  # the end query predicts nothing
         metrics: dict[str, torch.Tensor] = {}
         if self.tokenizer is not None:
             target = self.encode_targets(seq)
-            loss = F.cross_entropy(output.flatten(0, 1).float(), target.flatten())
+            tokens = self.encode_targets(targets) if Q else target
+            loss = F.cross_entropy(predictions.flatten(0, 1).float(), tokens.flatten())
             with torch.no_grad():
                 metrics["accuracy"] = (output.argmax(-1) == target).float().mean()
         else:
             target = seq
-            loss = self.masked_mse(output, target, self.patchify.patch_mask[order])
+            loss = self.masked_mse(predictions, targets, self.patchify.patch_mask[slots])
         return ModelOutput(
             loss=loss, output=output, target=target, patches=patches, order=order, metrics=metrics
         )
