@@ -7,7 +7,7 @@
 - :mod:`boldgpt.surface.raster`: vertices -> pixels (barycentric) and pixels -> vertices;
 - :mod:`boldgpt.surface.flatten`: ``flatten_dataset`` (``boldgpt data flatten``) and
   ``maps_to_surface`` (``boldgpt data to-surface``);
-- :mod:`boldgpt.surface.anatomy`: the calcarine check and the real-anatomy figure.
+- :mod:`boldgpt.surface.anatomy`: the calcarine check (figures: :mod:`boldgpt.viz.surface`).
 
 Submodules are imported on use, so ``import boldgpt.surface`` stays cheap.
 """
