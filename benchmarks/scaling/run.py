@@ -118,6 +118,16 @@ def _runs() -> list[Run]:
     runs.append(
         Run("demo-micro-random-1400", "demo", "micro", (DEMO_STEPS,), order_mix=mixes["random"])
     )
+    # the demo recipe as of commit 7145b77 (50% mix + one-pass query tokens)
+    runs.append(
+        Run(
+            "demo-micro-struct-q32-1400",
+            "demo",
+            "micro",
+            (DEMO_STEPS,),
+            model_kwargs={"query_tokens": 32},
+        )
+    )
     for tag, kw in (("subjdrop0.1", {"subject_dropout": 0.1}), ("droppath0.1", {"drop_path": 0.1})):
         runs.append(
             Run(f"demo-micro-struct-{tag}-350", "demo", "micro", (350,), model_kwargs=kw, warmup=35)
