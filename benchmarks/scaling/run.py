@@ -128,6 +128,16 @@ def _runs() -> list[Run]:
             model_kwargs={"query_tokens": 32},
         )
     )
+    runs.append(
+        Run(
+            "demo-micro-struct-q32-350",
+            "demo",
+            "micro",
+            (350,),
+            model_kwargs={"query_tokens": 32},
+            warmup=35,
+        )
+    )
     for tag, kw in (("subjdrop0.1", {"subject_dropout": 0.1}), ("droppath0.1", {"drop_path": 0.1})):
         runs.append(
             Run(f"demo-micro-struct-{tag}-350", "demo", "micro", (350,), model_kwargs=kw, warmup=35)
