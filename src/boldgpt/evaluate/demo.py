@@ -43,10 +43,7 @@ DEMO_CONFIG: dict[str, Any] = {
     # left-hemisphere / central prompts vs -0.07 / +0.02 with uniform orders).
     "model": {
         "name": "boldgpt_micro_patch10",
-        "kwargs": {
-            "order_mix": {"random": 0.5, "outward": 0.25, "hemisphere": 0.25},
-            "query_tokens": 32,
-        },
+        "kwargs": {"order_mix": {"random": 0.5, "outward": 0.25, "hemisphere": 0.25}},
     },
     "optim": {"lr": 8.0e-3, "min_lr": 1.0e-4, "weight_decay": 0.05, "warmup_steps": 100},
     "train": {
