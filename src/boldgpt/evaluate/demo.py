@@ -31,8 +31,8 @@ import torch
 from boldgpt.data.sources import DEFAULT_SOURCE
 
 DEFAULT_STEPS = 1400
-"""Training steps of the demo: ~6-7 min on 2 CPU cores (1,377 steps of 16 maps took
-6.2 min there), enough for the micro model to beat MaskedPCA on next-patch loss."""
+"""Training steps of the demo: about 9.5 min on one thread of the 2-core development
+machine (quiet), enough for the micro model to beat MaskedPCA on next-patch loss."""
 
 DEMO_CONFIG: dict[str, Any] = {
     "seed": 0,
