@@ -7,15 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from boldgpt.data.masks import named_mask
 from boldgpt.errors import ConfigError, DataError
 from boldgpt.generate import complete
 from boldgpt.models.pretrained import init_from
 from boldgpt.models.registry import create_model, load_model, save_model
+from image_bold import SMALL, paired_batch
 
 SIZE = 16  # 4 x 4 patches of 4 px
-SMALL = dict(depth=1, embed_dim=32, num_heads=2, num_subjects=2)
-MASK = named_mask("sim")
 
 
 def bold2image(**overrides):
@@ -25,12 +23,7 @@ def bold2image(**overrides):
 
 
 def batch(n: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "activity": torch.randn(n, *MASK.shape, generator=g),
-        "subject_id": torch.arange(n) % 2,
-        "image": torch.randn(n, 3, SIZE, SIZE, generator=g),
-    }
+    return paired_batch(n, SIZE, seed)
 
 
 def reconstruct(model, b):

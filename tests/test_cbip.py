@@ -10,15 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from boldgpt.data.masks import named_mask
 from boldgpt.errors import CheckpointError, ConfigError, DataError
 from boldgpt.models.layers import param_groups
 from boldgpt.models.pretrained import init_from
 from boldgpt.models.registry import create_model, load_model, save_model
+from image_bold import MASK, SMALL, paired_batch, save_image_encoder
 
 SIZE = 32
-SMALL = dict(depth=1, embed_dim=32, num_heads=2, num_subjects=2)
-MASK = named_mask("sim")
 ENCODER = ""
 
 
@@ -26,9 +24,7 @@ ENCODER = ""
 def encoder_dir(tmp_path_factory):
     """A small pretrained-image-model directory, the frozen encoder of these tests."""
     global ENCODER
-    torch.manual_seed(0)
-    image_model = create_model("imagebeit_micro_patch16", image_size=SIZE, **SMALL)
-    ENCODER = str(save_model(image_model, tmp_path_factory.mktemp("enc") / "imagebeit"))
+    ENCODER = save_image_encoder(tmp_path_factory.mktemp("enc"), SIZE)
     return ENCODER
 
 
@@ -39,13 +35,7 @@ def cbip(**overrides):
 
 
 def batch(n: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "activity": torch.randn(n, *MASK.shape, generator=g),
-        "subject_id": torch.arange(n) % 2,
-        "image": torch.randn(n, 3, SIZE, SIZE, generator=g),
-        "nsd_id": torch.tensor([3, 5, 3, 9][:n]),
-    }
+    return paired_batch(n, SIZE, seed, torch.tensor([3, 5, 3, 9][:n]))
 
 
 def test_training_step_leaves_the_image_encoder_frozen():
