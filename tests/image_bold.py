@@ -35,3 +35,9 @@ def paired_batch(
     if nsd_id is not None:
         out["nsd_id"] = nsd_id
     return out
+
+
+def small_model(name: str, **overrides) -> torch.nn.Module:
+    """``create_model(name)`` at the tests' small size over the "sim" mask, seeded."""
+    torch.manual_seed(0)
+    return create_model(name, mask="sim", **{**SMALL, **overrides})

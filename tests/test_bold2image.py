@@ -11,15 +11,15 @@ from boldgpt.errors import ConfigError, DataError
 from boldgpt.generate import complete
 from boldgpt.models.pretrained import init_from
 from boldgpt.models.registry import create_model, load_model, save_model
-from image_bold import SMALL, paired_batch
+from image_bold import SMALL, paired_batch, small_model
 
 SIZE = 16  # 4 x 4 patches of 4 px
 
 
 def bold2image(**overrides):
-    torch.manual_seed(0)
-    kwargs = {**SMALL, "image_size": SIZE, "image_patch_size": 4, **overrides}
-    return create_model("bold2image_micro_patch10", mask="sim", **kwargs)
+    return small_model(
+        "bold2image_micro_patch10", **{"image_size": SIZE, "image_patch_size": 4, **overrides}
+    )
 
 
 def batch(n: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ from boldgpt.errors import CheckpointError, ConfigError, DataError
 from boldgpt.models.layers import param_groups
 from boldgpt.models.pretrained import init_from
 from boldgpt.models.registry import create_model, load_model, save_model
-from image_bold import MASK, SMALL, paired_batch, save_image_encoder
+from image_bold import MASK, SMALL, paired_batch, save_image_encoder, small_model
 
 SIZE = 32
 ENCODER = ""
@@ -29,9 +29,9 @@ def encoder_dir(tmp_path_factory):
 
 
 def cbip(**overrides):
-    torch.manual_seed(0)
-    kwargs = {**SMALL, "image_size": SIZE, "image_encoder": ENCODER, **overrides}
-    return create_model("cbip_micro_patch10", mask="sim", **kwargs)
+    return small_model(
+        "cbip_micro_patch10", **{"image_size": SIZE, "image_encoder": ENCODER, **overrides}
+    )
 
 
 def batch(n: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:

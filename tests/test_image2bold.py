@@ -11,7 +11,7 @@ from boldgpt.errors import ConfigError, DataError
 from boldgpt.generate import complete
 from boldgpt.models.pretrained import init_from
 from boldgpt.models.registry import create_model, load_model, save_model
-from image_bold import SMALL, paired_batch, save_image_encoder
+from image_bold import SMALL, paired_batch, save_image_encoder, small_model
 
 SIZE = 32
 ENCODER = ""
@@ -26,9 +26,9 @@ def encoder_dir(tmp_path_factory):
 
 
 def image2bold(**overrides):
-    torch.manual_seed(0)
-    kwargs = {**SMALL, "image_size": SIZE, "image_encoder": ENCODER, **overrides}
-    return create_model("image2bold_micro_patch10", mask="sim", **kwargs)
+    return small_model(
+        "image2bold_micro_patch10", **{"image_size": SIZE, "image_encoder": ENCODER, **overrides}
+    )
 
 
 def batch(n: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
