@@ -266,8 +266,8 @@ class IGPT(PatchModel):
             predictions, targets, slots = output, seq, order  # the end query predicts nothing
         metrics: dict[str, torch.Tensor] = {}
         if self.tokenizer is not None:
-            target = self.encode_targets(seq)
-            tokens = self.encode_targets(targets) if Q else target
+            tokens = self.encode_targets(targets)  # the sequence's, then the queried ones
+            target = tokens[:, :N]
             loss = F.cross_entropy(predictions.flatten(0, 1).float(), tokens.flatten())
             with torch.no_grad():
                 metrics["accuracy"] = (output.argmax(-1) == target).float().mean()
