@@ -332,11 +332,13 @@ def test_token_model_needs_a_fitted_vocabulary():
     assert model(batch).target.shape == (3, model.num_patches)
 
 
-@pytest.mark.parametrize("num_registers", [0, 2])
-def test_query_tokens_predict_each_slot_as_if_it_came_right_after_the_cut(num_registers):
-    """The one-pass training queries: slot j queried at cut k is exactly the model's
-    prediction for j when the order puts j at step k; the main outputs are those of the
-    plain sequence."""
+@pytest.mark.parametrize("num_registers, per_sample", [(0, False), (2, False), (0, True)])
+def test_query_tokens_predict_each_slot_as_if_it_came_right_after_the_cut(
+    num_registers, per_sample
+):
+    """The one-pass training queries: slot j queried at cut k (one for the batch, or one
+    per sample) is exactly the model's prediction for j when the order puts j at step
+    k; the main outputs are those of the plain sequence."""
     model = make_model(num_registers=num_registers, query_tokens=4)
     batch = make_batch(model)
     p, N = model.patchify, model.num_patches
@@ -344,8 +346,10 @@ def test_query_tokens_predict_each_slot_as_if_it_came_right_after_the_cut(num_re
     order = torch.stack([torch.randperm(N) for _ in range(3)])
     seq = torch.gather(p(batch["activity"]), 1, order[..., None].expand(-1, -1, p.dim))
     next_slots = torch.cat([order, order.new_full((3, 1), N)], dim=1)
-    sid, k = batch["subject_id"], 7
-    picks = torch.tensor([[7, 9, 15, N - 1], [8, 10, 11, 12], [N - 2, 7, 13, N - 3]])
+    sid = batch["subject_id"]
+    k = torch.tensor([5, 7, 9]) if per_sample else 7
+    cut = k.tolist() if per_sample else [k] * 3
+    picks = torch.tensor([[7, 9, 15, N - 1], [8, 10, 11, 12], [N - 2, 9, 13, N - 3]])
     query_slots = order.gather(1, picks)
     with torch.no_grad():
         main, queried = model.query_predictions(seq, order, next_slots, sid, None, k, query_slots)
@@ -354,11 +358,12 @@ def test_query_tokens_predict_each_slot_as_if_it_came_right_after_the_cut(num_re
         for b in range(3):
             for m, pos in enumerate(picks[b].tolist()):
                 moved = order[b].clone()
-                moved[[k, pos]] = moved[[pos, k]]  # slot pos of the order now comes at step k
+                c = cut[b]
+                moved[[c, pos]] = moved[[pos, c]]  # slot pos of the order now comes at step c
                 ref = model(
                     {"activity": batch["activity"][b : b + 1], "subject_id": sid[b : b + 1]},
                     order=moved[None],
-                ).output[0, k]
+                ).output[0, c]
                 assert torch.allclose(queried[b, m], ref, atol=1e-5), (b, m)
 
 
@@ -386,6 +391,32 @@ def test_query_tokens_join_the_training_loss_and_never_see_hidden_patches():
             later, order, next_slots, batch["subject_id"], None, 10, query_slots
         )
     assert torch.equal(q1, q2)
+
+
+def test_query_tokens_ask_hemisphere_orders_at_the_end_of_the_first_side(monkeypatch):
+    """Training queries of a hemisphere-first order are cut where its first side ends
+    (the hemisphere prompt), those of other orders anywhere."""
+    model = make_model(query_tokens=3, order_mix={"hemisphere": 1.0, "random": 1.0}).train()
+    seen = {}
+    real = model.query_predictions
+
+    def spy(seq, order, next_slots, subject_id, context, k, query_slots):
+        seen.update(order=order, k=k, query_slots=query_slots)
+        return real(seq, order, next_slots, subject_id, context, k, query_slots)
+
+    monkeypatch.setattr(model, "query_predictions", spy)
+    torch.manual_seed(0)
+    model(make_batch(model, B=64))
+    order, k, query_slots = seen["order"], seen["k"], seen["query_slots"]
+    left = model.slot_grid[order][..., 1].double() < model.midline  # (B, N)
+    hemi = (left[:, 1:] != left[:, :-1]).sum(1) == 1  # one switch of side: hemisphere first
+    first_side = (left == left[:, :1]).long().cumprod(1).sum(1)
+    assert 16 < int(hemi.sum()) < 48
+    assert torch.equal(k[hemi], first_side[hemi])
+    assert len(set(k[~hemi].tolist())) > 5  # random orders: random cuts
+    # queried slots come after the cut in their order
+    step_of = order.argsort(1)
+    assert (step_of.gather(1, query_slots) >= k[:, None]).all()
 
 
 def test_query_tokens_need_a_shuffled_model():

@@ -150,6 +150,20 @@ def test_mixed_orders_are_permutations_with_the_stated_structure():
     left = centres[out][..., 1] < 50.0  # (B, N)
     assert (left[:, :30] == left[:, :1]).all() and (left[:, 30:] != left[:, :1]).all()
     assert 10 < int(left[:, 0].sum()) < 54  # both sides come first sometimes
+    # the natural prompt of a hemisphere order is its first side (30 of the 60 slots
+    # here); orders of the other kinds have none (0)
+    g = torch.Generator().manual_seed(2)
+    mix = {"hemisphere": 1.0, "outward": 1.0, "random": 1.0}
+    out, cuts = mixed_orders(300, centres, mix, midline=35.0, generator=g, return_cuts=True)
+    left = centres[out][..., 1] < 35.0
+    first_side = (left == left[:, :1]).long().cumprod(1).sum(1)
+    dist = (centres[out] - centres[out[:, :1]]).square().sum(-1)
+    outward = (dist[:, 1:] >= dist[:, :-1]).all(1)  # from a side's edge it may look split
+    hemi = (left[:, :24] == left[:, :1]).all(1) & (left[:, 36:] != left[:, :1]).all(1)
+    hemi &= ~outward
+    assert set(first_side[hemi].tolist()) == {24, 36}  # 4 or 6 columns left of 35
+    assert torch.equal(cuts[hemi], first_side[hemi]) and (cuts[~hemi] == 0).all()
+    assert 70 < int(hemi.sum()) < 130
 
 
 def test_mixed_orders_draw_each_kind_with_its_weight():

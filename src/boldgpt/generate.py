@@ -417,12 +417,8 @@ def _complete_query(
     model.decode(*prompt, subject_id, context, cache, num_outputs=1)
 
     tokens = torch.cat([b.prefix(subject_id, B), b.embed_patches(*prompt[:2])], dim=1)
-    last = R + count - 1  # (B,) the prompt position whose output predicts "next"
     query_slots = seq_order[:, N - Q :]  # (B, Q)
-    x = tokens[torch.arange(B, device=tokens.device), last][:, None] + b.queries(query_slots)
-    sees_prompt = torch.arange(R + K, device=last.device) < last[:, None]  # (B, R + K)
-    itself = torch.eye(Q, dtype=torch.bool, device=last.device).expand(B, Q, Q)
-    attn_mask = torch.cat([sees_prompt[:, None].expand(B, Q, R + K), itself], dim=2)
+    x, attn_mask = model.query_tokens(tokens, R + count - 1, query_slots)
     h = b(x, context, cache, attn_mask=attn_mask[:, None])
     pred = model.predict(h)  # (B, Q, C)
     values = _draw(model, pred.flatten(0, 1), query_slots.flatten(), **draw).view(B, Q, P)

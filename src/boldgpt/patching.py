@@ -290,7 +290,8 @@ def mixed_orders(
     midline: float | None = None,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
-) -> torch.Tensor:
+    return_cuts: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Per-sample training orders (B, N) from a mixture of kinds (no loop over samples).
 
     Each sample draws its kind with probability ``mix[kind]`` (weights of
@@ -308,6 +309,9 @@ def mixed_orders(
         midline: the column between the hemispheres (default: the mean column of
             ``centres``).
         generator: RNG (default: torch's global RNG); ``device``: of the result.
+        return_cuts: also return each order's natural prompt size (B,) long: the
+            number of slots of the side shown first for ``hemisphere`` orders, 0 for
+            the kinds whose every prefix is a natural prompt.
     """
     kinds = [k for k in ORDER_MIX_KINDS if mix.get(k, 0) > 0]
     unknown = sorted(set(mix) - set(ORDER_MIX_KINDS))
@@ -327,8 +331,13 @@ def mixed_orders(
         left = (centres[:, 1] < mid).double()  # (N,)
         first_left = torch.rand(batch_size, 1, generator=generator, device=device) < 0.5
         side = torch.where(first_left, 1.0 - left, left)  # 0 for the side shown first
-        keys = torch.where((kind == kinds.index("hemisphere"))[:, None], side, keys)
-    return _argsort_random_ties(keys, generator)
+        is_hemi = kind == kinds.index("hemisphere")
+        keys = torch.where(is_hemi[:, None], side, keys)
+        cuts = torch.where(is_hemi, (side == 0).sum(dim=1), 0)
+    else:
+        cuts = torch.zeros(batch_size, dtype=torch.long, device=device)
+    order = _argsort_random_ties(keys, generator)
+    return (order, cuts) if return_cuts else order
 
 
 def _argsort_random_ties(keys: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

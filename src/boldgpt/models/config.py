@@ -179,10 +179,11 @@ class IGPTConfig(PatchModelConfig):
             ``hemisphere``: one half of the map, then the other). Default: all
             random. Normalised to sum to 1.
         query_tokens: training only (shuffled models): per sample, this many extra
-            one-pass query tokens. At a random cut k of the order (one per batch),
-            that many of the hidden slots are each predicted directly from the first
-            k patches, as ``generate.complete(method="query")`` does; their loss
-            joins the next-patch loss (one mean over every prediction). 0: off.
+            one-pass query tokens. At a cut k of its order (where the first
+            hemisphere ends for ``hemisphere`` orders, else a random step), that many
+            of the hidden slots are each predicted directly from the first k
+            patches, as ``generate.complete(method="query")`` does; their loss joins
+            the next-patch loss (one mean over every prediction). 0: off.
     """
 
     shuffle: bool = True

@@ -92,14 +92,7 @@ class IGPT(PatchModel):
             elif self.config.order_mix == {"random": 1.0}:
                 order = "random"
             else:
-                return mixed_orders(
-                    batch_size,
-                    self.slot_grid,
-                    self.config.order_mix,
-                    midline=self.midline,
-                    generator=generator,
-                    device=self.device,
-                )
+                return self._mixed_orders(batch_size, generator)[0]
         if isinstance(order, str):
             if order == "fixed":
                 return self.fixed_order(batch_size)
@@ -121,6 +114,21 @@ class IGPT(PatchModel):
         if not self.shuffle and not torch.equal(order, arange.expand_as(order)):
             self._require_shuffle("an order other than the fixed one")
         return order.long()
+
+    def _mixed_orders(
+        self, batch_size: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training orders (B, N) drawn from ``config.order_mix`` and their natural
+        prompt sizes (B,) (see :func:`~boldgpt.patching.mixed_orders`)."""
+        return mixed_orders(
+            batch_size,
+            self.slot_grid,
+            self.config.order_mix,
+            midline=self.midline,
+            generator=generator,
+            device=self.device,
+            return_cuts=True,
+        )
 
     def _require_shuffle(self, what: str) -> None:
         if not self.shuffle:
@@ -174,6 +182,34 @@ class IGPT(PatchModel):
         h = b(x, context, cache)
         return self.predict(h[:, -(num_outputs or L) :])
 
+    def query_tokens(
+        self, tokens: torch.Tensor, last: torch.Tensor, query_slots: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One-pass query tokens: each hidden slot asked directly after a cut.
+
+        The token at ``last`` is the one whose output predicts the step after the cut
+        (the last observed patch, or the last prefix token when nothing is observed).
+        A query token is that token with the next-position query of slot j instead;
+        it attends to the tokens before ``last`` and to itself, which is what ``last``
+        sees, so its output is the model's prediction for j placed right after the cut.
+
+        Args:
+            tokens: (B, T, D) embedded sequence (prefix + patches, no queries added).
+            last: (B,) long, index of the cut's token in ``tokens``.
+            query_slots: (B, Q) the slots asked.
+
+        Returns:
+            (B, Q, D) the query tokens and (B, Q, T + Q) bool, what each may attend to
+            among ``tokens`` followed by the query tokens.
+        """
+        B, T = tokens.shape[:2]
+        Q = query_slots.shape[1]
+        rows = torch.arange(B, device=tokens.device)
+        x = tokens[rows, last][:, None] + self.backbone.queries(query_slots)
+        sees = torch.arange(T, device=tokens.device) < last[:, None]  # (B, T)
+        itself = torch.eye(Q, dtype=torch.bool, device=tokens.device).expand(B, Q, Q)
+        return x, torch.cat([sees[:, None].expand(B, Q, T), itself], dim=2)
+
     def query_predictions(
         self,
         seq: torch.Tensor,
@@ -181,35 +217,30 @@ class IGPT(PatchModel):
         next_slots: torch.Tensor,
         subject_id: torch.Tensor | None,
         context: torch.Tensor | None,
-        k: int,
+        k: int | torch.Tensor,
         query_slots: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward pass giving the next-patch predictions of a whole sequence and,
         for each slot in ``query_slots`` (B, Q), its prediction from the first ``k``
-        patches of the order alone (the one-pass query of
-        ``generate.complete(method="query")``).
-
-        A query token is the token whose output predicts step k (the last prefix token
-        for k = 0, else patch ``order[:, k-1]``) with the next-position query of its own
-        slot; it attends to the tokens before that one and to itself, so its output is
-        what the model predicts for that slot when the order puts it at step k.
+        patches of the order alone (an int, or (B,) a cut per sample; see
+        :meth:`query_tokens`): the one-pass query of
+        ``generate.complete(method="query")``.
 
         Returns:
             (B, N + 1, C) as :meth:`decode` without a cache, and (B, Q, C).
         """
         b = self.backbone
         B, T = seq.shape[:2]
-        R, Q = b.num_prefix, query_slots.shape[1]
+        R = b.num_prefix
         base = torch.cat([b.prefix(subject_id, B), b.embed_patches(seq, order)], dim=1)
         x = base + F.pad(b.queries(next_slots), (0, 0, R - 1, 0))
-        last = R + k - 1
-        extra = base[:, last : last + 1] + b.queries(query_slots)
-        L = R + T
-        attn_mask = torch.zeros(L + Q, L + Q, dtype=torch.bool, device=seq.device)
-        attn_mask[:L, :L] = torch.ones(L, L, dtype=torch.bool, device=seq.device).tril_()
-        attn_mask[L:, :last] = True
-        attn_mask[L:, L:] = torch.eye(Q, dtype=torch.bool, device=seq.device)
-        h = b(torch.cat([x, extra], dim=1), context, attn_mask=attn_mask)
+        last = R - 1 + torch.as_tensor(k, device=seq.device).expand(B)
+        extra, query_mask = self.query_tokens(base, last, query_slots)
+        L, Q = R + T, query_slots.shape[1]
+        causal = torch.ones(L, L, dtype=torch.bool, device=seq.device).tril_()
+        seq_mask = F.pad(causal, (0, Q)).expand(B, L, L + Q)  # the sequence never sees queries
+        attn_mask = torch.cat([seq_mask, query_mask], dim=1)
+        h = b(torch.cat([x, extra], dim=1), context, attn_mask=attn_mask[:, None])
         out = self.predict(torch.cat([h[:, R - 1 : L], h[:, L:]], dim=1))
         return out[:, : T + 1], out[:, T + 1 :]
 
@@ -242,15 +273,24 @@ class IGPT(PatchModel):
         maps, subject_id = self.check_inputs(batch)
         patches = self.patchify(maps)
         B, N = patches.shape[:2]
+        Q = min(self.config.query_tokens, N - 1) if self.training else 0
+        cuts = None
+        if Q and order is None and self.shuffle and self.config.order_mix != {"random": 1.0}:
+            order, cuts = self._mixed_orders(B)
         order = self.resolve_order(order, B)
         seq = permute(patches, order)
         end = order.new_full((B, 1), N)
         next_slots = torch.cat([order, end], dim=1)
-        Q = min(self.config.query_tokens, N - 1) if self.training else 0
         if Q:
-            k = int(torch.randint(1, N - Q + 1, ()))  # the cut: k observed patches
+            # the cut per sample (k observed patches): where a structured order's
+            # natural prompt ends (one whole hemisphere), else anywhere
+            k = torch.randint(1, N - Q + 1, (B,), device=order.device)
+            if cuts is not None:
+                k = torch.where(cuts > 0, cuts.clamp(1, N - Q), k)
             # Q hidden positions per sample, drawn among steps k .. N-1 of its order
-            picked = torch.rand(B, N - k, device=order.device).argsort(dim=1)[:, :Q] + k
+            steps = torch.arange(N, device=order.device)
+            keys = torch.rand(B, N, device=order.device).masked_fill(steps < k[:, None], 2.0)
+            picked = keys.argsort(dim=1)[:, :Q]
             query_slots = order.gather(1, picked)
             output, queried = self.query_predictions(
                 seq, order, next_slots, subject_id, context, k, query_slots
