@@ -45,6 +45,42 @@ def test_activity_matches_schema_dequantize_exactly():
     assert expected[0] == -2.5 and expected[255] == 2.5
 
 
+def test_cpu_dequantize_never_overwrites_a_batch_still_held():
+    # CPU batches reuse the memory of dropped ones: a held batch (or a view or numpy
+    # array of it) must keep its values while later batches are prepared.
+    g = torch.Generator().manual_seed(1)
+    first_raw = torch.randint(0, 256, (3, 215, 200), dtype=torch.uint8, generator=g)
+    first = dequantize(first_raw)
+    view = first[1:]
+    arr = first.numpy()
+    expected = schema.dequantize(first_raw.numpy())
+    for _ in range(5):  # more batches than the pool holds buffers
+        other = dequantize(torch.randint(0, 256, (3, 215, 200), dtype=torch.uint8, generator=g))
+        assert not np.shares_memory(other.numpy(), arr)
+    np.testing.assert_array_equal(first.numpy(), expected)
+    np.testing.assert_array_equal(view.numpy(), expected[1:])
+    del first, view, arr
+    # the memory of dropped batches is used again
+    pointers = {dequantize(first_raw).data_ptr() for _ in range(4)}
+    assert len(pointers) == 1
+
+
+def test_cpu_dequantize_exact_across_conversion_chunks(monkeypatch):
+    # a chunk boundary inside a map (7 values a pass) must not change any value
+    import boldgpt.data.transforms as transforms
+
+    monkeypatch.setattr(transforms, "_CPU_CHUNK_NUMEL", 7)
+    codes = torch.arange(256, dtype=torch.uint8).repeat(3)[:701].reshape(1, 701)
+    expected = schema.dequantize(codes.numpy())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        np.testing.assert_array_equal(dequantize(codes).numpy(), expected)
+        assert torch.get_num_threads() == 2  # the one-thread conversion restores it
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_images_become_normalized_channels_first():
     raw = _raw_batch()
     out = prepare_batch(raw, "cpu", image_mean=(0.5, 0.5, 0.5), image_std=(0.25, 0.5, 1.0))
