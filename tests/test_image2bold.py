@@ -76,6 +76,43 @@ def test_prediction_depends_on_the_samples_own_picture_only():
     torch.testing.assert_close(first[:, inside], ref[:, 5, inside], rtol=1e-4, atol=1e-5)
 
 
+def test_image_queries_train_the_one_pass_prediction_of_every_slot():
+    """With image_queries, training also scores slots predicted from the picture and
+    the subject alone (the path of the one-pass map of an unseen picture), not only
+    the first step of each order."""
+    plain = image2bold()
+    with torch.no_grad():  # a head far from zero: predictions that depend on the inputs
+        plain.head.weight.normal_(std=0.5)
+    N = plain.num_patches
+    queried = image2bold(image_queries=N)
+    queried.load_state_dict(plain.state_dict())
+    b = batch()
+    order = torch.arange(N).roll(-7).expand(3, -1)
+    with torch.no_grad():
+        main = plain.train()(b, order=order).loss
+        both = queried.train()(b, order=order)
+        # every slot once, each from the empty prompt: the one-pass map, in-mask MSE
+        one_pass = predict(queried.eval(), b)
+    patches = queried.patchify(b["activity"])
+    inside = queried.patchify.patch_mask.expand(3, -1, -1)
+    direct = (one_pass - patches)[inside].square().mean()
+    torch.testing.assert_close(both.metrics["image_query_loss"], direct, rtol=1e-4, atol=1e-6)
+    # one mean over N next-patch and N image-query predictions
+    torch.testing.assert_close(both.loss, (main + direct) / 2, rtol=1e-4, atol=1e-6)
+    assert abs(main - direct) > 1e-3  # the two terms differ: the test can tell them apart
+    # the image queries pass their gradient to the cross-attention and the queries
+    queried.train().zero_grad()
+    queried(b, order=order).loss.backward()
+    assert queried.backbone.blocks[0].cross.q.weight.grad.abs().sum() > 0
+    # evaluation scores no image queries
+    with torch.no_grad():
+        torch.testing.assert_close(
+            queried.eval()(b, order=order).loss, plain.eval()(b, order=order).loss
+        )
+    with pytest.raises(ConfigError, match="image_queries=-1"):
+        image2bold(image_queries=-1)
+
+
 def test_init_from_a_pretrained_boldgpt_transfers_exactly_what_it_reports(tmp_path):
     torch.manual_seed(1)
     boldgpt = create_model("boldgpt_micro_patch10", mask="sim", **SMALL)
