@@ -13,10 +13,11 @@ import pytest
 import torch
 from torch import nn
 
+from boldgpt.data.loader import fetch_batch
 from boldgpt.data.transforms import prepare_images
 from boldgpt.engine.config import config_from_dict
-from boldgpt.engine.train import INIT_FILE, Trainer
-from boldgpt.errors import CheckpointError
+from boldgpt.engine.train import INIT_FILE, Trainer, derange_pictures
+from boldgpt.errors import CheckpointError, ConfigError
 from boldgpt.models.registry import create_model, save_model
 from boldgpt.viz.image_bold import correlation, display_images, retrieval_ranking
 from boldgpt.viz.train import EXAMPLE_FIGURES, example_figure_drawer
@@ -286,11 +287,52 @@ def test_engine_batches_use_the_models_image_normalisation(tmp_path, tiny):
     del cfg["model"]
     trainer = Trainer(config_from_dict(cfg), model=FakeImageModel())
     assert trainer.spec.image_normalization == FakeImageModel.image_normalization
-    from boldgpt.data.loader import fetch_batch
-
     raw = fetch_batch(trainer.data.train, [0, 1])
     image = trainer._prepare(raw)["image"]
     x = raw["image"].float().permute(0, 3, 1, 2) / 255  # (B, 3, S, S) in [0, 1]
     mean = torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1)
     std = torch.tensor([0.25, 0.5, 1.0]).view(1, 3, 1, 1)
     torch.testing.assert_close(image, (x - mean) / std)
+
+
+# ------------------------------------------------- data.shuffle_pairs (the control)
+
+
+def test_derange_pictures_gives_every_stimulus_another_ones_picture():
+    rows = np.array([5, 5, 2, 7, 2, 9, 5, 7])  # picture row of each map; 5 is seen 3 times
+    moved = derange_pictures(rows, seed=3)
+    assert (moved != rows).all()  # no map keeps its own picture
+    for stimulus in (5, 2, 7, 9):  # every repeat of a stimulus gets one same picture
+        assert len(set(moved[rows == stimulus])) == 1
+    # each picture of the rows now belongs to exactly one other stimulus
+    given = {int(s): int(moved[rows == s][0]) for s in (2, 5, 7, 9)}
+    assert sorted(given.values()) == [2, 5, 7, 9]
+    np.testing.assert_array_equal(derange_pictures(rows, seed=3), moved)  # seeded
+    assert any((derange_pictures(rows, seed=s) != moved).any() for s in range(4, 10))
+
+
+def test_shuffle_pairs_changes_the_training_pictures_only(tmp_path, tiny):
+    def data(shuffle: bool):
+        cfg = cbip_config(tiny, tmp_path / f"run{shuffle}", tiny.encoder)
+        del cfg["model"]["init_from"]
+        cfg["data"]["shuffle_pairs"] = shuffle
+        return Trainer(config_from_dict(cfg)).data
+
+    true, shuffled = data(False), data(True)
+    t, s = true.train.image_index, shuffled.train.image_index
+    np.testing.assert_array_equal(s, derange_pictures(t, seed=0))
+    rows = list(range(len(true.train)))
+    real, swapped = fetch_batch(true.train, rows), fetch_batch(shuffled.train, rows)
+    np.testing.assert_array_equal(real["activity"], swapped["activity"])
+    np.testing.assert_array_equal(real["nsd_id"], swapped["nsd_id"])
+    differ = (real["image"] != swapped["image"]).flatten(1).any(1)
+    assert differ.all()  # (distinct stimuli have distinct pictures in the tiny data)
+    np.testing.assert_array_equal(true.val.image_index, shuffled.val.image_index)
+
+
+def test_shuffle_pairs_refuses_a_model_without_pictures(tmp_path, tiny):
+    cfg = cbip_config(tiny, tmp_path / "run", tiny.encoder)
+    cfg["model"] = {"name": "boldgpt_micro_patch10", "kwargs": SMALL}
+    cfg["data"]["shuffle_pairs"] = True
+    with pytest.raises(ConfigError, match="data.shuffle_pairs=true needs a model that reads"):
+        Trainer(config_from_dict(cfg))

@@ -65,6 +65,12 @@ class DataConfig:
     val_split: str = "val"
     cache_root: str | None = None
     """Parent directory of uint8 caches; default ``$BOLDGPT_HOME/cache``."""
+    shuffle_pairs: bool = False
+    """A control for models that read pictures with maps (image2bold, bold2image,
+    CBIP): the maps of each training stimulus are paired with the picture of another
+    training stimulus (a fixed derangement seeded by ``seed``; every repeat of a
+    stimulus gets the same wrong picture), so nothing true links pictures and maps in
+    training. The validation split keeps its true pairs."""
 
 
 @dataclass

@@ -209,6 +209,13 @@ def load_train_data(
         val_set = cache_lib.CachedNSDFlat(cache_dir, cfg.val_split, images=spec.images)
     if len(train_set) == 0:
         raise DataError(f"data.source={cfg.source!r} has no maps in split {cfg.train_split!r}")
+    if cfg.shuffle_pairs:
+        if not (spec.images and spec.maps):
+            raise ConfigError(
+                f"data.shuffle_pairs=true needs a model that reads pictures with maps; "
+                f"{config.model.name!r} reads {list(spec.keys)}"
+            )
+        train_set.image_index = derange_pictures(train_set.image_index, config.seed)
     mask = None
     if spec.maps:
         mask = read_mask_file(cfg.mask_file, schema.MAP_SHAPE) if cfg.mask_file else train_set.mask
@@ -218,6 +225,19 @@ def load_train_data(
         mask=mask,
         prepare=_prepare_keys(spec.keys, spec.image_normalization),
     )
+
+
+def derange_pictures(image_index: np.ndarray, seed: int) -> np.ndarray:
+    """``data.shuffle_pairs``: rows (T,) of the picture of each map -> rows where every
+    stimulus's maps get the picture of another stimulus of the same rows (a random
+    cycle through the stimuli, seeded: a derangement, the same for all repeats)."""
+    stimuli = np.unique(image_index)
+    if len(stimuli) < 2:
+        raise DataError("data.shuffle_pairs needs at least 2 stimuli in the training split")
+    cycle = stimuli[np.random.default_rng(seed).permutation(len(stimuli))]
+    moved = np.empty_like(stimuli)
+    moved[np.searchsorted(stimuli, cycle)] = np.roll(cycle, -1)
+    return moved[np.searchsorted(stimuli, image_index)]
 
 
 def _prepare_keys(
