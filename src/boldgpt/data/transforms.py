@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from boldgpt.data import schema
 from boldgpt.errors import DataError
+from boldgpt.utils.threads import cpu_threads
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -40,8 +41,8 @@ def dequantize(activity: torch.Tensor) -> torch.Tensor:
 _CPU_CHUNK_NUMEL = 1 << 20
 """Values converted per pass on the CPU: ~4 MB of float32 (about 24 maps), so the three
 passes of the conversion (cast, scale, shift) run in cache and only one reaches memory
-(measured at B=256: 3.8-4.5 ms per batch against 9 ms for one pass of each over the whole
-batch)."""
+(measured at B=256, one thread: 4.4-4.6 ms per batch; 2^18 and 2^21 values a pass were
+slower, and so was the two-pass form, a mixed-dtype multiply then the shift)."""
 
 
 class _CpuBuffers:
@@ -87,15 +88,11 @@ def _dequantize_cpu(activity: torch.Tensor) -> torch.Tensor:
     src, dst = activity.reshape(-1), out.view(-1)
     # One thread: the conversion is memory-bound, and a second thread sharing a busy
     # core slows it several-fold (measured 2x-10x under load); the setting is restored.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with cpu_threads(1):
         for start in range(0, src.numel(), _CPU_CHUNK_NUMEL):
             chunk = dst[start : start + _CPU_CHUNK_NUMEL]
             chunk.copy_(src[start : start + _CPU_CHUNK_NUMEL])
             chunk.mul_(float(schema.DEQUANT_SCALE)).sub_(schema.VMAX)
-    finally:
-        torch.set_num_threads(threads)
     return out
 
 
