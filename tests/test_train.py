@@ -492,3 +492,39 @@ def test_fine_tuning_from_a_saved_model_directory(tmp_path):
         assert torch.equal(trainer.model.state_dict()[name], value), name
     assert trainer.spec.keys == ("activity", "subject_id") and trainer.spec.num_subjects == 4
     assert trainer.fit().status == "finished"
+
+
+def test_train_fraction_trains_on_a_seeded_subset_of_the_trials(tmp_path):
+    from boldgpt.data.loader import fetch_batch
+    from boldgpt.engine.train import load_train_data
+    from nsd_tiny import build_tiny_nsd
+
+    tiny = build_tiny_nsd(tmp_path / "nsd", subjects=(0,), sessions=2, trials_per_session=20)
+
+    def data(fraction: float, seed: int = 0) -> TrainData:
+        cfg = {
+            "out_dir": str(tmp_path / "run"),
+            "seed": seed,
+            "data": {
+                "source": str(tiny.root),
+                "cache_root": str(tmp_path / "cache"),
+                "train_fraction": fraction,
+            },
+        }
+        return load_train_data(config_from_dict(cfg))
+
+    full, quarter = data(1.0), data(0.25)
+    n = len(full.train)
+    trials = fetch_batch(full.train, list(range(n)))["trial_id"]
+    picked = fetch_batch(quarter.train, list(range(len(quarter.train))))["trial_id"]
+    assert len(picked) == round(0.25 * n) and len(set(picked.tolist())) == len(picked)
+    assert set(picked.tolist()) <= set(trials.tolist())
+    assert picked.tolist() == sorted(picked.tolist(), key=trials.tolist().index)  # row order
+    again = fetch_batch(data(0.25).train, list(range(len(picked))))["trial_id"]
+    assert torch.equal(again, picked)  # the seed fixes the subset
+    other = fetch_batch(data(0.25, seed=1).train, list(range(len(picked))))["trial_id"]
+    assert not torch.equal(other, picked)
+    assert len(quarter.val) == len(full.val)  # validation stays whole
+    for bad in (0.0, 1.5):
+        with pytest.raises(ConfigError, match="data.train_fraction must be in"):
+            data(bad)

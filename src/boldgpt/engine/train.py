@@ -219,12 +219,22 @@ def load_train_data(
     mask = None
     if spec.maps:
         mask = read_mask_file(cfg.mask_file, schema.MAP_SHAPE) if cfg.mask_file else train_set.mask
+    if cfg.train_fraction < 1:
+        train_set = trial_subset(train_set, cfg.train_fraction, config.seed)
     return TrainData(
         train=train_set,
         val=val_set,
         mask=mask,
         prepare=_prepare_keys(spec.keys, spec.image_normalization),
     )
+
+
+def trial_subset(dataset: Any, fraction: float, seed: int) -> torch.utils.data.Subset:
+    """``data.train_fraction``: a seeded random ``fraction`` of the rows (at least one),
+    in their original order."""
+    n = max(1, round(fraction * len(dataset)))
+    rows = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:n])
+    return torch.utils.data.Subset(dataset, rows.tolist())
 
 
 def derange_pictures(image_index: np.ndarray, seed: int) -> np.ndarray:
