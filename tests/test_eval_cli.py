@@ -310,3 +310,77 @@ def test_probe_rows_beside_pca_classifiers_majority_and_chance():
     assert within[f"PCA({n_comp}) + logistic"]["accuracy"] == 1.0
     assert res["cross"][f"PCA({n_comp}) + logistic"]["accuracy"] == 1.0
     assert 0 <= within["linear probe (model)"]["accuracy"] <= 1
+
+
+def test_probe_baselines_are_fitted_once_for_all_models(monkeypatch):
+    """Several models in one evaluation share the raw-map baselines (they do not depend
+    on the model); each model still gets its own linear probe."""
+    from boldgpt.evaluate import probing
+    from boldgpt.evaluate.eval import SplitData, probe_task
+
+    mask = np.zeros((215, 200), bool)
+    mask[60:90, 60:90] = True
+    rng = np.random.default_rng(1)
+    patterns = rng.normal(size=(3, *mask.shape))
+
+    def split(n: int, first_id: int) -> SplitData:
+        ids = np.arange(first_id, first_id + n)
+        maps = patterns[ids % 3] + rng.normal(size=(n, *mask.shape))
+        return SplitData(torch.tensor(maps * mask, dtype=torch.float32), ids % 2, ids, mask)
+
+    train, test = split(40, 0), split(12, 1000)
+    fits = []
+    real_mlp = probing.pca_mlp
+    monkeypatch.setattr(probing, "pca_mlp", lambda *a, **k: fits.append(1) or real_mlp(*a, **k))
+    labels = lambda ids: ids % 3  # noqa: E731
+
+    def model(seed: int):
+        torch.manual_seed(seed)
+        return create_model("boldbeit_micro_patch10", mask=mask, **SMALL)
+
+    alone = probe_task(model(1), test, train, labels)  # no memo: its own fits
+    per_call = len(fits)
+    assert per_call >= 2  # one MLP per fold, within and across subjects
+    memo: dict = {}
+    first = probe_task(model(0), test, train, labels, memo=memo)
+    second = probe_task(model(1), test, train, labels, memo=memo)
+    assert len(fits) == 2 * per_call  # the second model fitted none
+    assert second == alone  # the shared rows are the ones it would have fitted itself
+    for scheme in ("within", "cross"):
+        for name in first[scheme]:
+            if name != "linear probe (model)":
+                assert first[scheme][name] == second[scheme][name]
+
+
+def test_encoding_baselines_are_shared_only_by_models_with_the_same_encoder(
+    tmp_path, home, monkeypatch
+):
+    from boldgpt.evaluate import eval as ev
+
+    data = ev.load_split("sim:ci", "val", image_size=SIZE)
+    train = ev.load_split("sim:ci", "train", image_size=SIZE, max_rows=150)
+    mean_map = metrics.mean_map(train.maps.split(64))
+    encoders = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        enc = create_model("imagebeit_micro_patch16", image_size=SIZE, **SMALL)
+        encoders.append(str(save_model(enc, tmp_path / f"enc{seed}")))
+    side = dict(image_size=SIZE, **SMALL)
+    model = lambda enc, seed: (  # noqa: E731
+        torch.manual_seed(seed),
+        create_model("image2bold_micro_patch10", mask=data.mask, image_encoder=enc, **side),
+    )[1]
+    fits = []
+    real_fit = ev.fit_ridge
+    monkeypatch.setattr(ev, "fit_ridge", lambda *a, **k: fits.append(1) or real_fit(*a, **k))
+    memo: dict = {}
+    a, _ = ev.encoding_task(model(encoders[0], 0), data, train, mean_map, memo=memo)
+    per_call = len(fits)
+    assert per_call == len(np.unique(data.subject_id))  # one ridge per subject
+    b, _ = ev.encoding_task(model(encoders[0], 1), data, train, mean_map, memo=memo)
+    assert len(fits) == per_call  # same encoder weights: the ridge maps are reused
+    c, _ = ev.encoding_task(model(encoders[1], 1), data, train, mean_map, memo=memo)
+    assert len(fits) == 2 * per_call  # another encoder: its own ridge
+    ridge = "ridge (image features)"
+    assert a["mean"][ridge] == b["mean"][ridge] != c["mean"][ridge]
+    assert a["mean"]["model"] != b["mean"]["model"]

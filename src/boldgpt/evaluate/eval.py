@@ -41,6 +41,7 @@ held-out fifth of those stimuli, then refitted on all of them.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import time
@@ -471,8 +472,12 @@ def encoding_task(
     mean_map: torch.Tensor,
     truth_root: Path | None = None,
     batch_size: int = 64,
+    memo: dict[Any, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Encoding scores per subject, averaged over subjects, of the model and baselines.
+
+    ``memo``: a dict shared by the calls of one evaluation (same data): the baselines'
+    maps are computed once per subject and image encoder (identified by its weights).
 
     Returns ``(results, pixel_r)``: results ``{"mean": {method: summary}, "per_subject":
     {subject: {method: summary}}}`` (summaries of
@@ -495,20 +500,11 @@ def encoding_task(
         preds: dict[str, np.ndarray] = {
             "model": predict_encoding_maps(model, data.images_of(ids), int(s), batch_size)
         }
-        train_rows = train.rows(s)
-        if len(train_rows):
-            y, train_ids, _ = _stimulus_means(train, train_rows)
-            feats = _encoder_features(model, train.images_of(train_ids), batch_size)
-            ridge = fit_ridge(feats, y)
-            test_feats = _encoder_features(model, data.images_of(ids), batch_size)
-            preds["ridge (image features)"] = _to_maps(ridge.predict(test_feats), mask)
-            if truth_root is not None:
-                # one call for both sets: the simulator's forward model has a fixed cost
-                both = truth_features(truth_root, int(s), np.concatenate([train_ids, ids]), mask)
-                coef = per_pixel_ols(both[: len(train_ids)], y)
-                f = both[len(train_ids) :]
-                fitted = coef[None, :, 0] + np.einsum("npk,pk->np", f, coef[:, 1:])
-                preds["true RF features (per-pixel fit)"] = _to_maps(fitted, mask)
+        memo = {} if memo is None else memo
+        key = ("encoding baselines", int(s), _weights_key(model.image_encoder))
+        if key not in memo:
+            memo[key] = _encoding_baselines(model, data, train, int(s), ids, truth_root, batch_size)
+        preds.update(memo[key])
         preds["mean map"] = np.broadcast_to(mean_map.numpy(), (len(ids), *mask.shape))
         if truth is not None:
             preds["noiseless truth"] = truth
@@ -536,6 +532,46 @@ def encoding_task(
                 warnings.simplefilter("ignore", RuntimeWarning)
                 maps[k] = np.nanmean(np.where(np.isfinite(stacked), stacked, np.nan), 0)
     return {"mean": mean, "per_subject": {str(s): d for s, d in per_subject.items()}}, maps
+
+
+def _encoding_baselines(
+    model: Any,
+    data: SplitData,
+    train: SplitData,
+    s: int,
+    ids: np.ndarray,
+    truth_root: Path | None,
+    batch_size: int,
+) -> dict[str, np.ndarray]:
+    """Subject ``s``'s encoding baselines for the stimuli ``ids``: a ridge from the
+    model's frozen image encoder's features and, on simulated data, a per-pixel fit of
+    the simulator's true receptive-field responses; maps (n, H, W)."""
+    mask = data.mask
+    train_rows = train.rows(s)
+    if not len(train_rows):
+        return {}
+    y, train_ids, _ = _stimulus_means(train, train_rows)
+    feats = _encoder_features(model, train.images_of(train_ids), batch_size)
+    ridge = fit_ridge(feats, y)
+    test_feats = _encoder_features(model, data.images_of(ids), batch_size)
+    out = {"ridge (image features)": _to_maps(ridge.predict(test_feats), mask)}
+    if truth_root is not None:
+        # one call for both sets: the simulator's forward model has a fixed cost
+        both = truth_features(truth_root, s, np.concatenate([train_ids, ids]), mask)
+        coef = per_pixel_ols(both[: len(train_ids)], y)
+        f = both[len(train_ids) :]
+        fitted = coef[None, :, 0] + np.einsum("npk,pk->np", f, coef[:, 1:])
+        out["true RF features (per-pixel fit)"] = _to_maps(fitted, mask)
+    return out
+
+
+def _weights_key(module: torch.nn.Module) -> str:
+    """A digest of a module's parameters and buffers: equal only for equal weights."""
+    h = hashlib.sha1()
+    for name, t in module.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _to_maps(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -744,12 +780,16 @@ def probe_task(
     train: SplitData,
     labels: Callable[[np.ndarray], np.ndarray],
     batch_size: int = 64,
+    memo: dict[Any, Any] | None = None,
 ) -> dict[str, Any]:
     """24-way category decoding from single trials (``labels``: nsd ids -> label, -1 for
     rows to drop): a linear probe on the model's frozen embeddings beside PCA(96) +
     logistic regression and PCA(96) + MLP on the raw maps and the majority class, within
     subject and across subjects (leave one out; with two or more subjects). Returns
-    ``{scheme: {method: {"accuracy", "mean_subject_accuracy"}}}`` plus a ``chance`` row."""
+    ``{scheme: {method: {"accuracy", "mean_subject_accuracy"}}}`` plus a ``chance`` row.
+
+    ``memo``: a dict shared by the calls of one evaluation (same data and labels): the
+    raw-map baselines, which do not depend on the model, are fitted once."""
     from boldgpt.evaluate import probing
 
     def labelled(d: SplitData) -> tuple[np.ndarray, np.ndarray]:
@@ -775,12 +815,17 @@ def probe_task(
     feats[f"PCA({n_comp}) + logistic"] = (raw_tr, raw_te, lambda: probing.pca_logistic(n_comp))
     feats[f"PCA({n_comp}) + MLP"] = (raw_tr, raw_te, lambda: probing.pca_mlp(n_comp))
     feats["majority class"] = (raw_tr[:, :1], raw_te[:, :1], probing.majority_class)
+    memo = {} if memo is None else memo
     out: dict[str, Any] = {}
     for scheme in ("within", "cross"):
         if scheme == "cross" and len(np.unique(train.subject_id[tr_rows])) < 2:
             continue
         row = {}
         for name, (xtr, xte, make) in feats.items():
+            key = ("probe baseline", scheme, name)
+            if key in memo:
+                row[name] = memo[key]
+                continue
             res = probing.evaluate_probe(
                 make, xtr, tr_y[tr_rows], xte, te_y[te_rows], scheme,
                 train.subject_id[tr_rows], data.subject_id[te_rows],
@@ -789,6 +834,8 @@ def probe_task(
                 "accuracy": res.accuracy,
                 "mean_subject_accuracy": res.mean_subject_accuracy,
             }
+            if name != "linear probe (model)":
+                memo[key] = row[name]
         row["chance"] = {"accuracy": 1.0 / probing.NUM_CLASSES}
         out[scheme] = row
     return out
@@ -899,6 +946,7 @@ def _evaluate_models(
         },
         "models": {},
     }
+    memo: dict[Any, Any] = {}  # baselines shared by the models (see the tasks)
     for d, model in models.items():
         entry: dict[str, Any] = {
             "name": describe(model)["name"],
@@ -917,7 +965,7 @@ def _evaluate_models(
             elif task == "masked":
                 res = masked_task(model, data, mean_map, pca, bs, train)
             elif task == "encoding":
-                res, pixel_r = encoding_task(model, data, train, mean_map, root, bs)
+                res, pixel_r = encoding_task(model, data, train, mean_map, root, bs, memo)
                 if figure_dir is not None:
                     entry["figures"].append(
                         _encoding_figure(pixel_r, data.mask, figure_dir / f"{tag}encoding_r.png")
@@ -936,7 +984,7 @@ def _evaluate_models(
                     )
             else:  # probe
                 labels = category_labeller(root, options.nsd_labels)
-                res = probe_task(model, data, train, labels, bs)
+                res = probe_task(model, data, train, labels, bs, memo)
             entry["tasks"][task] = res
             entry.setdefault("timings_s", {})[task] = round(time.perf_counter() - t, 1)
         result["models"][d] = entry
