@@ -59,7 +59,8 @@ class Image2BOLDConfig(IGPTConfig):
             predicted); their loss joins the next-patch loss (a mean over every
             prediction, Q image queries beside N next-patch ones). Without them only
             the first step of each order trains that path (1 prediction in N), and
-            the encoding accuracy lags far behind a ridge on the same features. 0: off.
+            the encoding accuracy lags far behind a ridge on the same features. 0: off;
+            at most the number of patches is used (a larger value: every slot).
     """
 
     image_encoder: str = "imagebeit_micro_patch16"
