@@ -148,3 +148,20 @@ def test_save_load_and_bad_input(tmp_path):
         image2bold(context_dim=64)
     with pytest.raises(ConfigError, match="reads BOLD maps"):
         image2bold(input_key="image", image_size=40)
+
+
+def test_the_shipped_config_trains_the_one_pass_path_of_every_slot():
+    """configs/image2bold_micro.yaml keeps image_queries at every slot: without it the
+    one-pass encoding map trains on 1 prediction in N (sim:demo, 300 steps, one
+    random encoder, subject 0: held-out r 0.19 without, 0.28 with every slot)."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "image2bold_micro.yaml"
+    kwargs = yaml.safe_load(path.read_text())["model"]["kwargs"]
+    model = small_model(
+        "image2bold_micro_patch10", image_size=SIZE, image_encoder=ENCODER,
+        image_queries=kwargs["image_queries"],
+    )  # fmt: skip
+    assert model.config.image_queries >= model.num_patches
