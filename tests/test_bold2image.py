@@ -47,6 +47,29 @@ def test_training_step_trains_the_bold_encoder_and_the_decoder():
     assert model.head is None and "head.weight" not in model.state_dict()
 
 
+def test_image_queries_train_the_one_pass_reconstruction_of_every_patch():
+    """With image_queries, training also scores image patches predicted from the map
+    alone (the one-pass reconstruction), not only the first step of each order."""
+    plain = bold2image()
+    with torch.no_grad():  # a head far from zero: predictions that depend on the inputs
+        plain.decoder.head.weight.normal_(std=0.5)
+    M = plain.decoder.num_patches
+    queried = bold2image(image_queries=M)
+    queried.load_state_dict(plain.state_dict())
+    b = batch()
+    order = torch.arange(M).roll(-3).expand(3, -1)
+    with torch.no_grad():
+        main = plain.train()(b, order=order).loss
+        both = queried.train()(b, order=order)
+        one_pass = reconstruct(queried.eval(), b)
+    direct = (one_pass - b["image"]).square().mean()  # every pixel of an image counts
+    torch.testing.assert_close(both.metrics["image_query_loss"], direct, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(both.loss, (main + direct) / 2, rtol=1e-4, atol=1e-6)
+    assert abs(main - direct) > 1e-3
+    with pytest.raises(ConfigError, match="image_queries=-2"):
+        bold2image(image_queries=-2)
+
+
 def test_reconstruction_depends_on_the_samples_own_map_only():
     model = bold2image().eval()
     b = batch()

@@ -38,6 +38,7 @@ from boldgpt.errors import ConfigError, DataError
 from boldgpt.models.cbip import check_image_side
 from boldgpt.models.config import IGPTConfig, PatchModelConfig
 from boldgpt.models.igpt import IGPT
+from boldgpt.models.image2bold import with_empty_prompt_queries
 from boldgpt.models.transformer import ModelOutput, PatchModel
 
 SHARED = (
@@ -55,9 +56,15 @@ class Bold2ImageConfig(PatchModelConfig):
 
     Adds:
         image_patch_size: patch side of the image decoder (a divisor of image_size).
+        image_queries: training only: per picture, this many random image patches
+            (at most all) are also predicted from the map alone (the decoder's one-pass
+            query with nothing observed, which is how a picture is reconstructed);
+            their loss joins the next-patch loss (a mean over every prediction).
+            Without them only the first step of each order trains that path. 0: off.
     """
 
     image_patch_size: int = 8
+    image_queries: int = 0
 
     model_class: ClassVar[str] = "Bold2Image"
 
@@ -66,6 +73,10 @@ class Bold2ImageConfig(PatchModelConfig):
         check_image_side(self)
         if self.categorical:
             raise ConfigError("bold2image predicts pixel values: categorical=False")
+        if not isinstance(self.image_queries, int) or self.image_queries < 0:
+            raise ConfigError(
+                f"model config image_queries={self.image_queries!r}: expected an integer >= 0"
+            )
         size, p = self.image_size, self.image_patch_size
         if not isinstance(p, int) or p < 1 or size % p:
             raise ConfigError(
@@ -159,4 +170,9 @@ class Bold2Image(PatchModel):
                 f"image_size={S})"
             )
         context = self.bold_context(maps, subject_id)
-        return self.decoder({"image": batch["image"].to(self.device)}, order=order, context=context)
+        out = self.decoder({"image": batch["image"].to(self.device)}, order=order, context=context)
+        if not self.training or not self.config.image_queries:
+            return out
+        return with_empty_prompt_queries(
+            self.decoder, out, None, context, self.config.image_queries
+        )

@@ -159,26 +159,10 @@ class Image2BOLD(IGPT):
         images = batch_images(batch, self.image_encoder, type(self).__name__).to(self.device)
         ctx = self.image_context(images, batch.get("nsd_id"))
         out = super().forward(batch, order=order, context=ctx)
-        Q = min(self.config.image_queries, self.num_patches) if self.training else 0
-        if not Q:
+        if not self.training or not self.config.image_queries:
             return out
         _, subject_id = self.check_inputs(batch)
-        B, N = out.patches.shape[:2]
-        slots = torch.rand(B, N, device=out.patches.device).argsort(dim=1)[:, :Q]
-        pred = self.image_query_predictions(subject_id, ctx, slots)
-        target = out.patches.gather(1, slots[..., None].expand(-1, -1, out.patches.shape[2]))
-        if self.tokenizer is not None:
-            loss_q = F.cross_entropy(
-                pred.flatten(0, 1).float(), self.encode_targets(target).flatten()
-            )
-        else:
-            loss_q = self.masked_mse(pred, target, self.patchify.patch_mask[slots])
-        # one mean over every prediction: N next-patch ones (plus IGPT's own query
-        # tokens) and Q image queries, each weighted by its count
-        n_main = N + min(self.config.query_tokens, N - 1)
-        loss = (out.loss * n_main + loss_q * Q) / (n_main + Q)
-        metrics = {**out.metrics, "image_query_loss": loss_q.detach()}
-        return replace(out, loss=loss, metrics=metrics)
+        return with_empty_prompt_queries(self, out, subject_id, ctx, self.config.image_queries)
 
     def image_query_predictions(
         self, subject_id: torch.Tensor | None, context: torch.Tensor, slots: torch.Tensor
@@ -191,14 +175,54 @@ class Image2BOLD(IGPT):
         it sees the prefix before it and itself (:meth:`IGPT.query_tokens`), and the
         context through cross-attention.
         """
-        b = self.backbone
-        B, R = slots.shape[0], b.num_prefix
-        prefix = b.prefix(subject_id, B)
-        last = torch.full((B,), R - 1, dtype=torch.long, device=slots.device)
-        x, query_mask = self.query_tokens(prefix, last, slots)
-        Q = slots.shape[1]
-        causal = torch.ones(R, R, dtype=torch.bool, device=slots.device).tril_()
-        prefix_mask = F.pad(causal, (0, Q)).expand(B, R, R + Q)  # the prefix never sees queries
-        attn_mask = torch.cat([prefix_mask, query_mask], dim=1)
-        h = b(torch.cat([prefix, x], dim=1), context, attn_mask=attn_mask[:, None])
-        return self.predict(h[:, R:])
+        return empty_prompt_predictions(self, subject_id, context, slots)
+
+
+def empty_prompt_predictions(
+    model: IGPT, subject_id: torch.Tensor | None, context: torch.Tensor, slots: torch.Tensor
+) -> torch.Tensor:
+    """Predictions (B, Q, C) of slots (B, Q) by a shuffled IGPT from its prefix (subject
+    token, registers) and its cross-attention context alone: the one-pass query of
+    ``generate.complete(method="query")`` with nothing observed.
+
+    Each query token is the last prefix token plus the slot's next-position query; it
+    sees the prefix before it and itself (:meth:`IGPT.query_tokens`).
+    """
+    b = model.backbone
+    B, R, Q = slots.shape[0], b.num_prefix, slots.shape[1]
+    prefix = b.prefix(subject_id, B)
+    last = torch.full((B,), R - 1, dtype=torch.long, device=slots.device)
+    x, query_mask = model.query_tokens(prefix, last, slots)
+    causal = torch.ones(R, R, dtype=torch.bool, device=slots.device).tril_()
+    prefix_mask = F.pad(causal, (0, Q)).expand(B, R, R + Q)  # the prefix never sees queries
+    attn_mask = torch.cat([prefix_mask, query_mask], dim=1)
+    h = b(torch.cat([prefix, x], dim=1), context, attn_mask=attn_mask[:, None])
+    return model.predict(h[:, R:])
+
+
+def with_empty_prompt_queries(
+    model: IGPT,
+    out: ModelOutput,
+    subject_id: torch.Tensor | None,
+    context: torch.Tensor,
+    num_queries: int,
+) -> ModelOutput:
+    """``out`` (a training forward of ``model``) with ``num_queries`` random slots per
+    sample (at most all) also predicted from the empty prompt
+    (:func:`empty_prompt_predictions`); their loss (metric ``image_query_loss``) joins
+    ``out.loss`` as one mean over every prediction: N next-patch ones (plus the
+    model's own ``query_tokens``) and Q from the empty prompt, weighted by count."""
+    patches = out.patches
+    B, N = patches.shape[:2]
+    Q = min(num_queries, N)
+    slots = torch.rand(B, N, device=patches.device).argsort(dim=1)[:, :Q]
+    pred = empty_prompt_predictions(model, subject_id, context, slots)
+    target = patches.gather(1, slots[..., None].expand(-1, -1, patches.shape[2]))
+    if model.tokenizer is not None:
+        tokens = model.encode_targets(target).flatten()
+        loss_q = F.cross_entropy(pred.flatten(0, 1).float(), tokens)
+    else:
+        loss_q = model.masked_mse(pred, target, model.patchify.patch_mask[slots])
+    n_main = N + min(model.config.query_tokens, N - 1)
+    loss = (out.loss * n_main + loss_q * Q) / (n_main + Q)
+    return replace(out, loss=loss, metrics={**out.metrics, "image_query_loss": loss_q.detach()})
