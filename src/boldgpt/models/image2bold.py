@@ -12,9 +12,9 @@ random order per sample, conditioned on the picture. Because every position carr
 the next-position query of the slot it predicts, the first prediction after the
 subject token is the model's estimate of any slot from the picture and the subject
 alone; so the map of an unseen picture comes in ONE pass, every slot queried
-directly (``image_queries`` trains that path on every slot, not only on the first step
-of each order) (:func:`boldgpt.generate.complete` with ``method="query"`` and nothing
-observed)::
+directly (:func:`boldgpt.generate.complete` with ``method="query"`` and nothing
+observed; ``image_queries`` trains that path on every slot, not only on the first
+step of each order)::
 
     context = model.image_context(images)                         # (B, M, C)
     empty = torch.zeros(B, N, dtype=torch.bool)
