@@ -488,6 +488,8 @@ def encoding_task(
     mask = data.mask
     per_subject: dict[int, dict[str, dict[str, float]]] = {}
     pixel_r: dict[str, list[np.ndarray]] = {}
+    memo = {} if memo is None else memo
+    encoder_key = _weights_key(model.image_encoder)  # baselines are shared by encoder
     for s in np.unique(data.subject_id):
         rows = data.rows(s)
         ids = np.unique(data.nsd_id[rows])
@@ -500,8 +502,7 @@ def encoding_task(
         preds: dict[str, np.ndarray] = {
             "model": predict_encoding_maps(model, data.images_of(ids), int(s), batch_size)
         }
-        memo = {} if memo is None else memo
-        key = ("encoding baselines", int(s), _weights_key(model.image_encoder))
+        key = ("encoding baselines", int(s), encoder_key)
         if key not in memo:
             memo[key] = _encoding_baselines(model, data, train, int(s), ids, truth_root, batch_size)
         preds.update(memo[key])
@@ -803,42 +804,48 @@ def probe_task(
     # a within-subject fit sees one subject's rows: PCA needs fewer components than that
     smallest = np.unique(train.subject_id[tr_rows], return_counts=True)[1].min()
     n_comp = int(min(96, smallest - 1))
-    feats = {
-        "linear probe (model)": (
-            embed_maps(model, train.maps[tr_rows], train.subject_id[tr_rows], batch_size),
-            embed_maps(model, data.maps[te_rows], data.subject_id[te_rows], batch_size),
-            probing.linear_probe,
-        ),
-    }
-    raw_tr = train.maps[tr_rows].numpy()[:, train.mask]
-    raw_te = data.maps[te_rows].numpy()[:, data.mask]
-    feats[f"PCA({n_comp}) + logistic"] = (raw_tr, raw_te, lambda: probing.pca_logistic(n_comp))
-    feats[f"PCA({n_comp}) + MLP"] = (raw_tr, raw_te, lambda: probing.pca_mlp(n_comp))
-    feats["majority class"] = (raw_tr[:, :1], raw_te[:, :1], probing.majority_class)
-    memo = {} if memo is None else memo
-    out: dict[str, Any] = {}
-    for scheme in ("within", "cross"):
-        if scheme == "cross" and len(np.unique(train.subject_id[tr_rows])) < 2:
-            continue
-        row = {}
-        for name, (xtr, xte, make) in feats.items():
-            key = ("probe baseline", scheme, name)
-            if key in memo:
-                row[name] = memo[key]
-                continue
+    schemes = ["within"]
+    if len(np.unique(train.subject_id[tr_rows])) >= 2:
+        schemes.append("cross")
+
+    def scores(make: Callable[[], Any], xtr: np.ndarray, xte: np.ndarray) -> dict[str, Any]:
+        """One classifier's accuracy per scheme."""
+        out = {}
+        for scheme in schemes:
             res = probing.evaluate_probe(
                 make, xtr, tr_y[tr_rows], xte, te_y[te_rows], scheme,
                 train.subject_id[tr_rows], data.subject_id[te_rows],
             )  # fmt: skip
-            row[name] = {
+            out[scheme] = {
                 "accuracy": res.accuracy,
                 "mean_subject_accuracy": res.mean_subject_accuracy,
             }
-            if name != "linear probe (model)":
-                memo[key] = row[name]
-        row["chance"] = {"accuracy": 1.0 / probing.NUM_CLASSES}
-        out[scheme] = row
-    return out
+        return out
+
+    methods = {
+        "linear probe (model)": scores(
+            probing.linear_probe,
+            embed_maps(model, train.maps[tr_rows], train.subject_id[tr_rows], batch_size),
+            embed_maps(model, data.maps[te_rows], data.subject_id[te_rows], batch_size),
+        )
+    }
+    memo = {} if memo is None else memo
+    if "probe baselines" not in memo:  # the raw maps' classifiers: the same for every model
+        raw_tr = train.maps[tr_rows].numpy()[:, train.mask]
+        raw_te = data.maps[te_rows].numpy()[:, data.mask]
+        memo["probe baselines"] = {
+            f"PCA({n_comp}) + logistic": scores(
+                lambda: probing.pca_logistic(n_comp), raw_tr, raw_te
+            ),
+            f"PCA({n_comp}) + MLP": scores(lambda: probing.pca_mlp(n_comp), raw_tr, raw_te),
+            "majority class": scores(probing.majority_class, raw_tr[:, :1], raw_te[:, :1]),
+        }
+    methods.update(memo["probe baselines"])
+    chance = {"accuracy": 1.0 / probing.NUM_CLASSES}
+    return {
+        scheme: {**{name: m[scheme] for name, m in methods.items()}, "chance": chance}
+        for scheme in schemes
+    }
 
 
 # --------------------------------------------------------------------------- driver
