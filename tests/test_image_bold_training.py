@@ -21,6 +21,7 @@ from boldgpt.errors import CheckpointError, ConfigError
 from boldgpt.models.registry import create_model, save_model
 from boldgpt.viz.image_bold import correlation, display_images, retrieval_ranking
 from boldgpt.viz.train import EXAMPLE_FIGURES, example_figure_drawer
+from image_bold import paired_batch, small_model
 
 SMALL = dict(depth=1, embed_dim=32, num_heads=2)
 SIZE = 32
@@ -104,16 +105,9 @@ def _texts(fig) -> list[str]:
 def test_cbip_figure_shows_the_batch_ranking_and_marks_the_true_picture():
     from boldgpt.viz.image_bold import cbip_examples_figure
 
-    torch.manual_seed(0)
-    kwargs = {**SMALL, "image_size": SIZE, "image_encoder": "imagebeit_micro_patch16"}
-    model = create_model("cbip_micro_patch10", mask="sim", **kwargs).eval()
-    g = torch.Generator().manual_seed(0)
-    batch = {
-        "activity": torch.randn(4, 215, 200, generator=g),
-        "subject_id": torch.zeros(4, dtype=torch.long),
-        "image": torch.randn(4, 3, SIZE, SIZE, generator=g),
-        "nsd_id": torch.tensor([3, 5, 3, 9]),  # 3 distinct pictures
-    }
+    encoder = {"image_size": SIZE, "image_encoder": "imagebeit_micro_patch16"}
+    model = small_model("cbip_micro_patch10", **encoder).eval()
+    batch = paired_batch(4, SIZE, nsd_id=torch.tensor([3, 5, 3, 9]))  # 3 distinct pictures
     fig = cbip_examples_figure(model, batch)
     titles = [ax.get_title() for ax in fig.axes[:5]]
     assert titles == ["map", "true image", "retrieved #1", "retrieved #2", "retrieved #3"]
@@ -134,15 +128,9 @@ def test_image2bold_figure_labels_the_one_pass_prediction_with_its_correlation()
     from boldgpt.generate import complete
     from boldgpt.viz.image_bold import image2bold_examples_figure
 
-    torch.manual_seed(0)
-    kwargs = {**SMALL, "image_size": SIZE, "image_encoder": "imagebeit_micro_patch16"}
-    model = create_model("image2bold_micro_patch10", mask="sim", **kwargs).eval()
-    g = torch.Generator().manual_seed(1)
-    batch = {
-        "activity": torch.randn(2, 215, 200, generator=g),
-        "subject_id": torch.zeros(2, dtype=torch.long),
-        "image": torch.randn(2, 3, SIZE, SIZE, generator=g),
-    }
+    encoder = {"image_size": SIZE, "image_encoder": "imagebeit_micro_patch16"}
+    model = small_model("image2bold_micro_patch10", **encoder).eval()
+    batch = paired_batch(2, SIZE, seed=1)
     fig = image2bold_examples_figure(model, batch)
     p = model.patchify
     with torch.no_grad():
