@@ -276,8 +276,9 @@ class IGPT(PatchModel):
         Q = min(self.config.query_tokens, N - 1) if self.training else 0
         cuts = None
         if Q and order is None and self.shuffle and self.config.order_mix != {"random": 1.0}:
-            order, cuts = self._mixed_orders(B)
-        order = self.resolve_order(order, B)
+            order, cuts = self._mixed_orders(B)  # permutations by construction
+        else:
+            order = self.resolve_order(order, B)
         seq = permute(patches, order)
         end = order.new_full((B, 1), N)
         next_slots = torch.cat([order, end], dim=1)
