@@ -312,14 +312,19 @@ def test_residual_noise_draws_patches_with_the_stored_covariance():
     assert torch.corrcoef(torch.stack([emp[off], want[off]]))[0, 1] > 0.9
 
 
-def first_hidden_predictions(model, patches, observed, sid, context=None) -> torch.Tensor:
+def first_hidden_predictions(
+    model, patches, observed, sid, context=None, prompt_order=None
+) -> torch.Tensor:
     """Reference for one-pass completion: for every sample b and hidden slot j, run the
-    full uncached model with order = (observed slots in fixed order, j, the rest) and
-    take its prediction for j (the output right after the observed patches)."""
+    full uncached model with order = (observed slots in fixed order, or in the order
+    they take in ``prompt_order[b]``, j, the rest) and take its prediction for j (the
+    output right after the observed patches)."""
     B, N, P = patches.shape
     out = patches.clone()
     for b in range(B):
         obs = torch.nonzero(observed[b])[:, 0].tolist()
+        if prompt_order is not None:
+            obs = [s for s in prompt_order[b].tolist() if observed[b, s]]
         for j in torch.nonzero(~observed[b])[:, 0].tolist():
             rest = [s for s in range(N) if s != j and s not in obs]
             order = torch.tensor([obs + [j] + rest])
@@ -351,6 +356,58 @@ def test_one_pass_completion_equals_the_first_hidden_prediction_for_every_slot(e
     # the default method of a shuffled model
     default = complete(model, patches, observed, subject_id=sid, context=context)
     assert torch.equal(default, out)
+
+
+def test_one_pass_completion_feeds_the_prompt_in_the_given_order_and_averages_orders():
+    model = make_igpt(num_registers=1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    patches = model.patchify(make_maps(model))
+    N = model.num_patches
+    observed = random_observed(3, N, seed=2)
+    sid = torch.tensor([0, 1, 3])
+    g = torch.Generator().manual_seed(3)
+    perm = torch.stack([torch.randperm(N, generator=g) for _ in range(3)])
+    out = complete(model, patches, observed, subject_id=sid, prompt_order=perm)
+    expected = first_hidden_predictions(model, patches, observed, sid, prompt_order=perm)
+    assert (out - expected).abs().max() <= 1e-5
+    fixed = complete(model, patches, observed, subject_id=sid)
+    assert not torch.allclose(out[~observed], fixed[~observed], atol=1e-4)  # order matters
+
+    # num_orders: the mean of single passes over the random prompt orders it drew
+    prompts = []
+    real_decode = model.decode
+
+    def spy(patches_, slots, *args, **kwargs):
+        prompts.append(slots.clone())  # (B, K): the prompt's slots, in the order fed
+        return real_decode(patches_, slots, *args, **kwargs)
+
+    model.decode = spy
+    avg = complete(
+        model,
+        patches,
+        observed,
+        subject_id=sid,
+        prompt_order="random",
+        num_orders=3,
+        generator=torch.Generator().manual_seed(0),
+    )
+    del model.decode
+    assert len(prompts) == 3 and not torch.equal(prompts[0], prompts[1])
+    singles = []
+    for slots in prompts:  # a permutation that puts each row's prompt first, in that order
+        rest = [torch.tensor([s for s in range(N) if s not in row.tolist()]) for row in slots]
+        order = torch.stack([torch.cat([row, r]) for row, r in zip(slots, rest)])
+        singles.append(first_hidden_predictions(model, patches, observed, sid, prompt_order=order))
+    assert (avg - torch.stack(singles).mean(0)).abs().max() <= 1e-5
+    assert torch.equal(avg[observed], patches[observed])
+    with pytest.raises(ValueError, match="num_orders > 1"):
+        complete(model, patches, observed, num_orders=2)  # needs prompt_order='random'
+    with pytest.raises(ValueError, match="num_orders > 1"):
+        complete(
+            model, patches, observed, method="autoregressive", prompt_order="random", num_orders=2
+        )
 
 
 def test_one_pass_completion_ignores_hidden_values():

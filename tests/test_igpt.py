@@ -419,6 +419,29 @@ def test_query_tokens_ask_hemisphere_orders_at_the_end_of_the_first_side(monkeyp
     assert (step_of.gather(1, query_slots) >= k[:, None]).all()
 
 
+def test_query_weight_sets_the_queries_share_of_the_loss():
+    """loss = (1 - w) x next-patch MSE + w x query MSE, each a mean over in-mask
+    pixels, the next-patch part recomputed here from the returned predictions."""
+    batch = make_batch(model := make_model(query_tokens=5), B=4)
+    losses = {}
+    for w in (0.0, 0.3, 1.0):
+        model = make_model(query_tokens=5, query_weight=w).train()
+        torch.manual_seed(5)  # the same orders, cuts and queried slots for each w
+        out = model(batch)
+        m = model.patchify.patch_mask[out.order].float()
+        next_mse = ((out.output - out.target) ** 2 * m).sum() / m.sum()
+        losses[w] = (out.loss, next_mse, out.metrics["query_loss"])
+    loss0, next0, query0 = losses[0.0]
+    torch.testing.assert_close(loss0, next0)
+    torch.testing.assert_close(losses[1.0][0], query0)
+    torch.testing.assert_close(losses[0.3][0], 0.7 * next0 + 0.3 * query0)
+    assert not torch.isclose(next0, query0)
+    with pytest.raises(ConfigError, match="query_weight"):
+        IGPTConfig(query_weight=0.5)  # no query tokens to weigh
+    with pytest.raises(ConfigError, match="query_weight"):
+        IGPTConfig(query_tokens=4, query_weight=1.5)
+
+
 def test_query_tokens_need_a_shuffled_model():
     with pytest.raises(ConfigError, match="query_tokens"):
         IGPTConfig(shuffle=False, query_tokens=4)

@@ -166,6 +166,33 @@ def test_mixed_orders_are_permutations_with_the_stated_structure():
     assert 70 < int(hemi.sum()) < 130
 
 
+def test_region_orders_show_the_nearest_slots_first_then_the_rest_at_random():
+    centres = grid_centres()
+    N = len(centres)
+    g = torch.Generator().manual_seed(3)
+    out, cuts = mixed_orders(400, centres, {"region": 1.0}, generator=g, return_cuts=True)
+    assert torch.equal(out.sort(1).values, torch.arange(N).expand(400, N))
+    assert int(cuts.min()) >= int(0.1 * N) and int(cuts.max()) < int(0.7 * N) + 1
+    assert len(set(cuts.tolist())) > 20 and len(set(out[:, 0].tolist())) > 30
+    dist = (centres[out] - centres[out[:, :1]]).square().sum(-1)  # from the region's centre
+    step = torch.arange(N)
+    before = step[None] < cuts[:, None]
+    # the region is the cut nearest slots, outward from its centre
+    inside = torch.where(before, dist, torch.full_like(dist, -1.0)).amax(1)
+    outside = torch.where(before, torch.full_like(dist, 1e9), dist).amin(1)
+    assert (inside <= outside).all()
+    assert (torch.where(before[:, 1:], dist[:, 1:] - dist[:, :-1], 0.0) >= 0).all()
+
+    # after the cut: random order (within each order, the distance to the centre is
+    # uncorrelated with the step)
+    def centred(x):
+        return x - x.mean()
+
+    rest_d = torch.cat([centred(dist[b, cuts[b] :]) for b in range(400)])
+    rest_t = torch.cat([centred(step[cuts[b] :].double()) for b in range(400)])
+    assert abs(torch.corrcoef(torch.stack([rest_d, rest_t]))[0, 1].item()) < 0.05
+
+
 def test_mixed_orders_draw_each_kind_with_its_weight():
     centres = grid_centres()
     g = torch.Generator().manual_seed(1)

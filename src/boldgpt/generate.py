@@ -114,6 +114,8 @@ def complete(
     num_steps: int | None = None,
     generator: torch.Generator | None = None,
     method: str | None = None,
+    prompt_order: Order = "fixed",
+    num_orders: int = 1,
 ) -> torch.Tensor:
     """Fill in the unobserved patches of partially observed maps.
 
@@ -144,6 +146,16 @@ def complete(
             ``"query"``, ``order`` and ``use_cache`` do not apply, and a draw
             (``noise``, ``temperature`` > 0) draws each hidden patch from its own
             conditional given the observed ones.
+        prompt_order: the order the observed patches are fed in (autoregressive
+            models): ``"fixed"``, ``"random"`` or a permutation (N,) / (B, N) of the
+            slots, of which the observed ones are taken in turn. A shuffled model was
+            trained on (mostly) random orders, so a random prompt order is the
+            condition it knows best.
+        num_orders: ``method="query"`` only: average the one-pass predictions (the
+            means of a continuous model, the token probabilities of a categorical one)
+            over this many random prompt orders (``prompt_order="random"``) before any
+            draw; each order is the same question asked of the same observed set, so
+            the average is an ensemble at the cost of ``num_orders`` passes.
 
     Returns:
         (B, N, P) patches, equal to ``patches`` where ``observed``.
@@ -163,6 +175,8 @@ def complete(
         raise ValueError(f"temperature must be >= 0; got {temperature}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be a positive integer or None; got {top_k}")
+    if num_orders < 1:
+        raise ValueError(f"num_orders must be >= 1; got {num_orders}")
     patches = patches.to(model.device)
     observed = observed.to(model.device)
     if not torch.isfinite(patches[observed]).all():
@@ -174,13 +188,27 @@ def complete(
         generator=generator,
     )
     method = _check_method(model, method)
+    if num_orders > 1 and not (
+        method == "query" and isinstance(prompt_order, str) and prompt_order == "random"
+    ):
+        raise ValueError(
+            "num_orders > 1 averages one-pass predictions over random prompt orders: "
+            f"pass method='query' and prompt_order='random' (got method={method!r}, "
+            f"prompt_order={prompt_order!r})"
+        )
+    if not model.causal and not (isinstance(prompt_order, str) and prompt_order == "fixed"):
+        raise ValueError(
+            "prompt_order applies to autoregressive models; BEiT sees the prompt at once"
+        )
     with _inference(model):
         sid = model.check_subject(subject_id, B, require=False)
         if method == "query":
-            return _complete_query(model, patches, observed, sid, context, draw)
+            return _complete_query(
+                model, patches, observed, sid, context, draw, prompt_order, num_orders
+            )
         if method == "autoregressive":
             return _complete_autoregressive(
-                model, patches, observed, sid, order, context, use_cache, draw
+                model, patches, observed, sid, order, context, use_cache, draw, prompt_order
             )
         return _complete_parallel(model, patches, observed, sid, order, context, num_steps, draw)
 
@@ -381,11 +409,14 @@ def _complete_query(
     subject_id: torch.Tensor | None,
     context: torch.Tensor | None,
     draw: dict[str, Any],
+    prompt_order: Order = "fixed",
+    num_orders: int = 1,
 ) -> torch.Tensor:
-    """Every hidden slot predicted from the observed patches alone, in one pass.
+    """Every hidden slot predicted from the observed patches alone, in one pass (per
+    prompt order; ``num_orders`` passes are averaged before the draw).
 
-    Sequence per sample b with k_b observed patches (observed slots first, in fixed
-    order; prefix length R = num_prefix)::
+    Sequence per sample b with k_b observed patches (observed slots first, in
+    ``prompt_order``; prefix length R = num_prefix)::
 
         prompt:  [prefix_0 .. prefix_{R-1}, obs_1 .. obs_{k_b}, (padding to K)]
         queries: one token per slot j: (prompt token at R + k_b - 1, i.e. the last
@@ -404,23 +435,31 @@ def _complete_query(
     # hidden values are zeroed so that nothing can depend on them, even through
     # masked attention (0 x NaN would still be NaN)
     clean = torch.where(observed[..., None], patches, torch.zeros_like(patches))
-    slots = torch.arange(N, device=patches.device).expand(B, N)
-    seq_order = torch.where(observed, slots - N, slots).argsort(dim=1)
     count = observed.sum(dim=1)  # (B,)
     K, Q = int(count.max()), N - int(count.min())
     if Q == 0:
         return patches.clone()
-    seq = permute(clean, seq_order)
-    next_slots = torch.cat([seq_order, seq_order.new_full((B, 1), N)], dim=1)
-    cache = b.init_cache(R + K + Q)
-    prompt = (seq[:, :K], seq_order[:, :K], next_slots[:, : K + 1])
-    model.decode(*prompt, subject_id, context, cache, num_outputs=1)
-
-    tokens = torch.cat([b.prefix(subject_id, B), b.embed_patches(*prompt[:2])], dim=1)
-    query_slots = seq_order[:, N - Q :]  # (B, Q)
-    x, attn_mask = model.query_tokens(tokens, R + count - 1, query_slots)
-    h = b(x, context, cache, attn_mask=attn_mask[:, None])
-    pred = model.predict(h)  # (B, Q, C)
+    total = None
+    for _ in range(num_orders):
+        seq_order = _sequence_order(model, observed, "fixed", draw["generator"], prompt_order)
+        seq = permute(clean, seq_order)
+        next_slots = torch.cat([seq_order, seq_order.new_full((B, 1), N)], dim=1)
+        cache = b.init_cache(R + K + Q)
+        prompt = (seq[:, :K], seq_order[:, :K], next_slots[:, : K + 1])
+        model.decode(*prompt, subject_id, context, cache, num_outputs=1)
+        tokens = torch.cat([b.prefix(subject_id, B), b.embed_patches(*prompt[:2])], dim=1)
+        query_slots = seq_order[:, N - Q :]  # (B, Q): every hidden slot is among them
+        x, attn_mask = model.query_tokens(tokens, R + count - 1, query_slots)
+        pred = model.predict(b(x, context, cache, attn_mask=attn_mask[:, None])).float()
+        if model.tokenizer is not None and num_orders > 1:
+            pred = pred.softmax(dim=-1)  # average probabilities, not logits
+        if total is None:
+            total = pred.new_zeros(B, N, pred.shape[-1])
+        total.scatter_add_(1, query_slots[..., None].expand_as(pred), pred)
+    # per slot: the mean over the orders (observed slots may be asked in some, ignored)
+    pred = total.gather(1, query_slots[..., None].expand(-1, -1, total.shape[-1])) / num_orders
+    if model.tokenizer is not None and num_orders > 1:
+        pred = pred.clamp_min(1e-30).log()
     values = _draw(model, pred.flatten(0, 1), query_slots.flatten(), **draw).view(B, Q, P)
     out = clean.scatter(1, query_slots[..., None].expand(B, Q, P), values.to(clean.dtype))
     return torch.where(observed[..., None], patches, out)
@@ -430,19 +469,25 @@ def _complete_query(
 
 
 def _sequence_order(
-    model: Any, observed: torch.Tensor, order: Order, generator: torch.Generator | None
+    model: Any,
+    observed: torch.Tensor,
+    order: Order,
+    generator: torch.Generator | None,
+    prompt_order: Order = "fixed",
 ) -> torch.Tensor:
-    """(B, N) decoding order: observed slots first (in fixed order), then the rest in
-    ``order``; for a model without queries, always the fixed order."""
+    """(B, N) decoding order: observed slots first (in ``prompt_order``), then the
+    rest in ``order``; for a model without queries, always the fixed order."""
     B, N = observed.shape
     if not model.shuffle:
-        return model.resolve_order(order, B)  # raises unless it is the fixed order
-    slots = torch.arange(N, device=observed.device).expand(B, N)
-    if isinstance(order, str) and order == "random":
-        rank = torch.rand(B, N, generator=generator, device=observed.device)
-    else:
-        rank = model.resolve_order(order, B).argsort(dim=1).float()
-    key = torch.where(observed, slots.float() - 2 * N, rank)
+        model.resolve_order(prompt_order, B)  # raises unless it is the fixed order
+        return model.resolve_order(order, B)
+
+    def rank(how: Order) -> torch.Tensor:  # (B, N) float: the step of each slot
+        if isinstance(how, str) and how == "random":
+            return torch.rand(B, N, generator=generator, device=observed.device)
+        return model.resolve_order(how, B).argsort(dim=1).float()
+
+    key = torch.where(observed, rank(prompt_order) - 2 * N, rank(order))
     return key.argsort(dim=1, stable=True)
 
 
@@ -455,9 +500,10 @@ def _complete_autoregressive(
     context: torch.Tensor | None,
     use_cache: bool,
     draw: dict[str, Any],
+    prompt_order: Order = "fixed",
 ) -> torch.Tensor:
     B, N, _ = patches.shape
-    seq_order = _sequence_order(model, observed, order, draw["generator"])
+    seq_order = _sequence_order(model, observed, order, draw["generator"], prompt_order)
     seq = permute(patches, seq_order)
     seq_observed = permute(observed, seq_order)
     next_slots = torch.cat([seq_order, seq_order.new_full((B, 1), N)], dim=1)

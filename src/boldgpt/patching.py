@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 ORDERINGS = ("raster", "radial", "reverse_radial", "radial_original", "random")
-ORDER_MIX_KINDS = ("random", "outward", "hemisphere")
+ORDER_MIX_KINDS = ("random", "outward", "region", "hemisphere")
 """Kinds of per-sample training orders :func:`mixed_orders` draws (see there)."""
 RANDOM_ORDER_SEED = 0
 
@@ -300,6 +300,10 @@ def mixed_orders(
     - ``random``: a uniformly random permutation;
     - ``outward``: outward from a random centre slot, by distance (ties in random
       order): every prefix of the order is a contiguous disc-like region;
+    - ``region``: a disc-like region first (the slots nearest a random centre slot,
+      outward by distance, between 10% and 70% of the slots), then the other slots in
+      random order: the steps after the region ask for slots anywhere, far ones
+      included, given a region, which is what completing a region asks;
     - ``hemisphere``: the slots on one side of ``midline`` (a random side), then the
       other side, each in random order.
 
@@ -310,8 +314,9 @@ def mixed_orders(
             ``centres``).
         generator: RNG (default: torch's global RNG); ``device``: of the result.
         return_cuts: also return each order's natural prompt size (B,) long: the
-            number of slots of the side shown first for ``hemisphere`` orders, 0 for
-            the kinds whose every prefix is a natural prompt.
+            number of slots of the side shown first for ``hemisphere`` orders, of
+            the region for ``region`` orders, 0 for the kinds whose every prefix is a
+            natural prompt.
     """
     kinds = [k for k in ORDER_MIX_KINDS if mix.get(k, 0) > 0]
     unknown = sorted(set(mix) - set(ORDER_MIX_KINDS))
@@ -322,10 +327,24 @@ def mixed_orders(
     weights = torch.tensor([float(mix[k]) for k in kinds], dtype=torch.float64, device=device)
     kind = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
     keys = torch.zeros(batch_size, N, dtype=torch.float64, device=device)  # random: all tie
-    if "outward" in kinds:
+    cuts = torch.zeros(batch_size, dtype=torch.long, device=device)
+    if "outward" in kinds or "region" in kinds:
         start = torch.randint(N, (batch_size,), generator=generator, device=device)
         dist = (centres[None] - centres[start][:, None]).square().sum(-1)  # (B, N)
+    if "outward" in kinds:
         keys = torch.where((kind == kinds.index("outward"))[:, None], dist, keys)
+    if "region" in kinds:
+        # the `size` slots nearest the centre, ties broken at random once, so that
+        # the region and its order agree
+        jitter = torch.rand(batch_size, N, generator=generator, device=device, dtype=keys.dtype)
+        near = dist + 1e-3 * jitter  # distances are squared slot units, >= 1 apart
+        rank = near.argsort(dim=1).argsort(dim=1)
+        frac = 0.1 + 0.6 * torch.rand(batch_size, 1, generator=generator, device=device)
+        size = (frac * N).long().clamp(1, N - 1)  # (B, 1)
+        region_keys = torch.where(rank < size, near, near.new_tensor(float("inf")))
+        is_region = kind == kinds.index("region")
+        keys = torch.where(is_region[:, None], region_keys, keys)
+        cuts = torch.where(is_region, size[:, 0], cuts)
     if "hemisphere" in kinds:
         mid = float(centres[:, 1].mean()) if midline is None else midline
         left = (centres[:, 1] < mid).double()  # (N,)
@@ -333,9 +352,7 @@ def mixed_orders(
         side = torch.where(first_left, 1.0 - left, left)  # 0 for the side shown first
         is_hemi = kind == kinds.index("hemisphere")
         keys = torch.where(is_hemi[:, None], side, keys)
-        cuts = torch.where(is_hemi, (side == 0).sum(dim=1), 0)
-    else:
-        cuts = torch.zeros(batch_size, dtype=torch.long, device=device)
+        cuts = torch.where(is_hemi, (side == 0).sum(dim=1), cuts)
     order = _argsort_random_ties(keys, generator)
     return (order, cuts) if return_cuts else order
 

@@ -91,6 +91,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "auto: query for shuffled-order models, else autoregressive; BEiT models always "
         "decode in parallel (default auto)",
     )
+    g.add_argument(
+        "--prompt-order",
+        choices=["fixed", "random"],
+        default="fixed",
+        help="autoregressive models: the order the observed patches are fed in (default fixed)",
+    )
+    g.add_argument(
+        "--num-orders",
+        type=int,
+        default=1,
+        help="--method query with --prompt-order random: average the one-pass predictions "
+        "over this many random prompt orders (an ensemble; default 1)",
+    )
     g.add_argument("--pca", type=Path, default=None, help="also show a MaskedPCA completion")
     p.set_defaults(func=run_generate)
     _register_fit_pca(subparsers)
@@ -192,7 +205,16 @@ def _complete(args: argparse.Namespace, model: Any, draw: dict[str, Any]) -> int
     if args.subject is not None:
         sids = torch.full_like(sids, args.subject)
     method = None if args.method == "auto" else args.method
-    completions = tasks.model_completions(model, maps, sids, observed, method, **draw)
+    completions = tasks.model_completions(
+        model,
+        maps,
+        sids,
+        observed,
+        method,
+        prompt_order=args.prompt_order,
+        num_orders=args.num_orders,
+        **draw,
+    )
     observed_px = tasks.observed_pixels(p, observed)
     real = p.inverse(p(maps.to(model.device))).cpu()
     pca_maps = None

@@ -151,7 +151,8 @@ def _completion_section(r: Report, s: dict[str, Any], fig: Path) -> None:
             f"In-mask R² of the hidden pixels of {s['num_completion_maps']} validation maps "
             "(higher is better; 0 = predicting the mean of the hidden values). 'model "
             "(query)': every hidden patch predicted directly from the observed ones in one "
-            "pass (one next-position query per hidden slot over the prompt's cache); 'model "
+            "pass (one next-position query per hidden slot over the prompt's cache), "
+            f"averaged over {s.get('query_orders', 1)} random orders of the prompt; 'model "
             "(autoregressive)': hidden patches predicted one after another in the fixed "
             "order, each prediction fed back as if observed; MaskedPCA: ridge on the "
             "components from the observed pixels; mean map: the training mean map"
@@ -181,13 +182,15 @@ def completion_verdict(comp: dict[str, dict[str, float]]) -> str:
         )
     text = "Completion R², " + "; ".join(parts) + ". " if parts else ""
     return text + (
-        "The one-pass query asks the question shuffled-order training poses (a slot given "
-        "a set of other patches); autoregressive completion also conditions on its own fed-"
-        "back predictions, inputs it never saw in training. Random training orders show the "
-        "model observed sets scattered over both hemispheres: a whole hemisphere observed "
-        "with the other hidden (half of the patches, all on one side) is a set they almost "
-        "never produce, so there the model extrapolates across the midline, while PCA's "
-        "linear prediction uses the correlations between the hemispheres directly."
+        "The one-pass query asks each hidden slot the question shuffled-order training "
+        "poses: a slot given a set of other patches. Autoregressive completion turns one "
+        "far prediction into a chain of near ones (each hidden patch next to what is "
+        "observed or already filled in), the question next-patch training asks at nearly "
+        "every step, and each step sees its neighbours' predictions, which smooths its "
+        "errors. The far question (a whole region or hemisphere observed, a slot far from "
+        "it hidden) is asked in training only at the steps right after a region- or "
+        "hemisphere-first order's prompt (and by query tokens, when the model has them); "
+        "MaskedPCA's linear prediction uses the correlations across the map directly."
     )
 
 

@@ -128,19 +128,30 @@ def completion_scores(
     mean_map: torch.Tensor | None = None,
     methods: tuple[str, ...] = METHODS,
     batch_size: int = 64,
+    query_orders: int = 1,
     **kwargs: Any,
 ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """Complete maps (M, H, W) from the same prompt (``observed`` (M, N)) with each model
-    method and the baselines given; score each by :func:`hidden_r2`.
+    method and the baselines given; score each by :func:`hidden_r2`. With
+    ``query_orders`` > 1 the one-pass method averages its predictions over that many
+    random prompt orders (``generate.complete(num_orders=...)``).
 
     Returns ``(r2, completions)``, both keyed ``"model (<method>)"``, ``"MaskedPCA"``,
     ``"mean map"``; completions are (M, H, W) float32 on the CPU.
     """
     observed_px = observed_pixels(model.patchify, observed)
     mask = model.patchify.mask.cpu()
+    ensemble = {"prompt_order": "random", "num_orders": query_orders} if query_orders > 1 else {}
     done = {
         f"model ({m})": model_completions(
-            model, maps, subject_id, observed, m, batch_size=batch_size, **kwargs
+            model,
+            maps,
+            subject_id,
+            observed,
+            m,
+            batch_size=batch_size,
+            **(ensemble if m == "query" else {}),
+            **kwargs,
         )
         for m in methods
     }

@@ -176,20 +176,26 @@ class IGPTConfig(PatchModelConfig):
         order_mix: training orders of a shuffled model, as weights of the kinds in
             :data:`boldgpt.patching.ORDER_MIX_KINDS` (``random``: uniform
             permutations; ``outward``: outward from a random centre slot;
+            ``region``: a region around a random centre, then the rest at random;
             ``hemisphere``: one half of the map, then the other). Default: all
             random. Normalised to sum to 1.
         query_tokens: training only (shuffled models): per sample, this many extra
             one-pass query tokens. At a cut k of its order (where the first
-            hemisphere ends for ``hemisphere`` orders, else a random step), that many
+            hemisphere or the region ends for ``hemisphere`` and ``region`` orders,
+            else a random step), that many
             of the hidden slots are each predicted directly from the first k
             patches, as ``generate.complete(method="query")`` does; their loss joins
             the next-patch loss (one mean over every prediction). 0: off.
+        query_weight: with ``query_tokens``, the share of the loss given to the query
+            predictions: loss = (1 - w) x next-patch loss + w x query loss. None: one
+            mean over every prediction (the queries' share is then Q / (N + Q)).
     """
 
     shuffle: bool = True
     legacy_registers: bool = False
     order_mix: dict[str, float] = field(default_factory=lambda: {"random": 1.0})
     query_tokens: int = 0
+    query_weight: float | None = None
 
     model_class: ClassVar[str] = "IGPT"
 
@@ -214,6 +220,13 @@ class IGPTConfig(PatchModelConfig):
                 f"model config query_tokens={self.query_tokens}: expected 0, or a positive "
                 "count with shuffle=True and without legacy registers (queries need "
                 "next-position queries and causal-safe registers)"
+            )
+        if self.query_weight is not None and not (
+            self.query_tokens and 0.0 <= self.query_weight <= 1.0
+        ):
+            raise ConfigError(
+                f"model config query_weight={self.query_weight}: expected a share in "
+                "[0, 1], with query_tokens > 0 (or None)"
             )
         # (frozen: normalise through object.__setattr__, the dataclass way)
         normalised = {k: float(w) / total for k, w in sorted(mix.items()) if float(w) > 0}

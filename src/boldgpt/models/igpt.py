@@ -309,12 +309,28 @@ class IGPT(PatchModel):
         if self.tokenizer is not None:
             tokens = self.encode_targets(targets)  # the sequence's, then the queried ones
             target = tokens[:, :N]
-            loss = F.cross_entropy(predictions.flatten(0, 1).float(), tokens.flatten())
+
+            def loss_of(part: slice) -> torch.Tensor:
+                return F.cross_entropy(
+                    predictions[:, part].flatten(0, 1).float(), tokens[:, part].flatten()
+                )
+
             with torch.no_grad():
                 metrics["accuracy"] = (output.argmax(-1) == target).float().mean()
         else:
             target = seq
-            loss = self.masked_mse(predictions, targets, self.patchify.patch_mask[slots])
+            pixel_mask = self.patchify.patch_mask[slots]
+
+            def loss_of(part: slice) -> torch.Tensor:
+                return self.masked_mse(predictions[:, part], targets[:, part], pixel_mask[:, part])
+
+        w = self.config.query_weight
+        if Q and w is not None:
+            query_loss = loss_of(slice(N, None))
+            metrics["query_loss"] = query_loss.detach()
+            loss = (1.0 - w) * loss_of(slice(0, N)) + w * query_loss
+        else:
+            loss = loss_of(slice(None))
         return ModelOutput(
             loss=loss, output=output, target=target, patches=patches, order=order, metrics=metrics
         )
