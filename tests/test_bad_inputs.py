@@ -526,6 +526,27 @@ def test_cli_generate_with_a_missing_model(tmp_path, capsys):
     assert rc == 2 and "nowhere" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    "extra, named",
+    [
+        (["--num", "0"], "--num"),
+        (["--complete", "--num-orders", "4"], "--num-orders 4"),  # fixed prompt order
+        (["--complete", "--prompt-order", "random", "--num-orders", "0"], "--num-orders 0"),
+        (
+            ["--complete", "--method", "autoregressive", "--prompt-order", "random"]
+            + ["--num-orders", "3"],
+            "--num-orders 3",
+        ),
+    ],
+)
+def test_cli_generate_with_bad_options(tmp_path, capsys, extra, named):
+    out = tmp_path / "out"
+    rc = main(["generate", str(tmp_path / "model"), "--out", str(out), *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and named in err and "Traceback" not in err
+    assert not out.exists()
+
+
 def test_cli_data_cache_with_a_corrupt_source(good, tmp_path, capsys):
     root = variant(good, tmp_path, set_activity(ROW, b"not a png"))
     rc = main(

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from boldgpt.cli.options import add_source, add_subjects, subject_arg
+from boldgpt.errors import ConfigError
 
 OBSERVE = ("prefix", "random", "left", "right")
 """--observe choices (``boldgpt.evaluate.tasks.OBSERVE``)."""
@@ -74,7 +75,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    g = p.add_argument_group("completion")
+    _add_completion_args(p.add_argument_group("completion"))
+    p.set_defaults(func=run_generate)
+    _register_fit_pca(subparsers)
+
+
+def _add_completion_args(g: argparse._ArgumentGroup) -> None:
+    """``boldgpt generate --complete`` and its options."""
     g.add_argument("--complete", action="store_true", help="complete real maps instead")
     add_source(g, "where the real maps come from:")
     add_subjects(g)
@@ -105,8 +112,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "over this many random prompt orders (an ensemble; default 1)",
     )
     g.add_argument("--pca", type=Path, default=None, help="also show a MaskedPCA completion")
-    p.set_defaults(func=run_generate)
-    _register_fit_pca(subparsers)
 
 
 def _register_fit_pca(subparsers: argparse._SubParsersAction) -> None:
@@ -151,9 +156,16 @@ def _generate(args: argparse.Namespace, device: Any) -> int:
     from boldgpt.models.registry import load_model
 
     if args.num < 1:
-        raise ValueError(f"--num must be >= 1; got {args.num}")
+        raise ConfigError(f"--num must be >= 1; got {args.num}")
     if args.order not in ("fixed", "random"):
-        raise ValueError(f"--order must be 'fixed' or 'random'; got {args.order!r}")
+        raise ConfigError(f"--order must be 'fixed' or 'random'; got {args.order!r}")
+    if args.num_orders < 1 or (
+        args.num_orders > 1 and (args.method == "autoregressive" or args.prompt_order != "random")
+    ):
+        raise ConfigError(
+            f"--num-orders {args.num_orders}: expected 1, or more with --prompt-order random "
+            "and a one-pass --method (query, or auto for a shuffled model)"
+        )
     model = load_model(args.model, device=device)
     draw = dict(
         order=args.order,
