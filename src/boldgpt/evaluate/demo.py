@@ -323,7 +323,10 @@ def _completions(
                 done["model (query)"][:n],
                 mask,
                 pca=done["MaskedPCA"][:n],
-                title=f"Completions ({label}, model queried in one pass); R² on the hidden pixels",
+                title=(
+                    f"Completions ({label}, model queried in one pass, {QUERY_ORDERS} prompt "
+                    "orders); R² on the hidden pixels"
+                ),
             )
             viz.save(fig, fig_dir / f"completions_{how}.png")
     return scores
