@@ -38,10 +38,11 @@ METHODS = {
 def score(model_dir: str, source: str) -> dict:
     model = load_model(model_dir).eval()
     maps, sids, _ = load_split_maps(source, "val", 512, seed=EVAL_SEED)
+    m, s = maps[:128], sids[:128]  # the demo completes the first 128
     p = model.patchify
+    mask = p.mask.cpu()
     out: dict = {"model": model_dir, "completion_r2": {}, "seconds": {}, "next_patch": {}}
     for how in PROMPTS:
-        m, s = maps[:128], sids[:128]
         observed = tasks.observed_patches(p, len(m), how, PROMPT_FRACTION, EVAL_SEED)
         observed_px = tasks.observed_pixels(p, observed)
         for name, kwargs in METHODS.items():
@@ -50,7 +51,7 @@ def score(model_dir: str, source: str) -> dict:
             gen = torch.Generator().manual_seed(EVAL_SEED)
             start = time.perf_counter()
             done = tasks.model_completions(model, m, s, observed, method, generator=gen, **kwargs)
-            r2 = tasks.hidden_r2(done, m, observed_px, p.mask.cpu())
+            r2 = tasks.hidden_r2(done, m, observed_px, mask)
             out["completion_r2"].setdefault(how, {})[name] = round(r2, 4)
             out["seconds"].setdefault(how, {})[name] = round(time.perf_counter() - start, 1)
     for kind in ("fixed", "random"):

@@ -188,15 +188,13 @@ def complete(
         generator=generator,
     )
     method = _check_method(model, method)
-    if num_orders > 1 and not (
-        method == "query" and isinstance(prompt_order, str) and prompt_order == "random"
-    ):
+    if num_orders > 1 and not (method == "query" and _is_named(prompt_order, "random")):
         raise ValueError(
             "num_orders > 1 averages one-pass predictions over random prompt orders: "
             f"pass method='query' and prompt_order='random' (got method={method!r}, "
             f"prompt_order={prompt_order!r})"
         )
-    if not model.causal and not (isinstance(prompt_order, str) and prompt_order == "fixed"):
+    if not model.causal and not _is_named(prompt_order, "fixed"):
         raise ValueError(
             "prompt_order applies to autoregressive models; BEiT sees the prompt at once"
         )
@@ -219,6 +217,12 @@ def supports_query(model: Any) -> bool:
     return bool(
         model.causal and model.backbone.has_next_pos_query and model.backbone.supports_cache
     )
+
+
+def _is_named(order: Order, name: str) -> bool:
+    """Whether ``order`` is the named order ``name`` (an order may also be a tensor,
+    whose ``==`` compares elementwise)."""
+    return isinstance(order, str) and order == name
 
 
 def _check_method(model: Any, method: str | None) -> str | None:
@@ -309,7 +313,7 @@ def likelihood(
         raise ValueError("likelihood needs an autoregressive (IGPT) model")
     if num_orders < 1:
         raise ValueError(f"num_orders must be >= 1; got {num_orders}")
-    if num_orders > 1 and not (isinstance(order, str) and order == "random"):
+    if num_orders > 1 and not _is_named(order, "random"):
         raise ValueError("num_orders > 1 averages over random orders: pass order='random'")
     p = model.patchify
     maps = maps.to(model.device)
@@ -483,7 +487,7 @@ def _sequence_order(
         return model.resolve_order(order, B)
 
     def rank(how: Order) -> torch.Tensor:  # (B, N) float: the step of each slot
-        if isinstance(how, str) and how == "random":
+        if _is_named(how, "random"):
             return torch.rand(B, N, generator=generator, device=observed.device)
         return model.resolve_order(how, B).argsort(dim=1).float()
 
@@ -579,9 +583,9 @@ def _complete_parallel(
     num_steps = num_steps or min(N, 16)
     if num_steps < 1:
         raise ValueError(f"num_steps must be positive; got {num_steps}")
-    if isinstance(order, str) and order == "random":
+    if _is_named(order, "random"):
         rank = torch.rand(B, N, generator=draw["generator"], device=patches.device)
-    elif isinstance(order, str) and order == "fixed":
+    elif _is_named(order, "fixed"):
         rank = torch.arange(N, device=patches.device).float().expand(B, N)
     else:
         rank = _check_permutation(order, B, N, patches.device).argsort(dim=1).float()

@@ -337,7 +337,7 @@ def mixed_orders(
         # the `size` slots nearest the centre, ties broken at random once, so that
         # the region and its order agree
         jitter = torch.rand(batch_size, N, generator=generator, device=device, dtype=keys.dtype)
-        near = dist + 1e-3 * jitter  # distances are squared slot units, >= 1 apart
+        near = dist + 1e-3 * jitter  # distinct squared distances on a grid differ by >= 1
         rank = near.argsort(dim=1).argsort(dim=1)
         frac = 0.1 + 0.6 * torch.rand(batch_size, 1, generator=generator, device=device)
         size = (frac * N).long().clamp(1, N - 1)  # (B, 1)
