@@ -54,6 +54,36 @@ def test_training_step_leaves_the_image_encoder_frozen():
     assert not params & {id(p) for p in model.image_encoder.parameters()}
 
 
+def test_token_image_embedding_projects_the_token_grid_and_trains_its_head(tmp_path):
+    """``image_embedding="tokens"``: the target is a learned projection of the frozen
+    encoder's token grid, so it depends on where the tokens are (a mean would not)."""
+    model = cbip(image_embedding="tokens").train()
+    enc = model.image_encoder
+    assert model.image_head.in_features == enc.num_tokens * enc.embed_dim
+    b = paired_batch(4, SIZE, 0, torch.tensor([3, 5, 7, 9]))  # (one picture per id)
+    out = model(b)
+    out.loss.backward()
+    tokens = enc(b["image"]).tokens
+    head = model.image_head
+    torch.testing.assert_close(out.target, tokens.flatten(1) @ head.weight.T + head.bias)
+    assert head.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in enc.parameters())
+    params = {id(p) for g in param_groups(model, 0.05) for p in g["params"]}
+    assert id(head.weight) in params
+    # the same tokens in another order: another embedding (a pooled one is unchanged)
+    with torch.no_grad():
+        swapped = tokens.flip(1).flatten(1)
+        assert not torch.allclose(model.image_head(swapped), out.target)
+        pooled = cbip()
+        assert torch.equal(pooled.embed_images(b["image"]), enc(b["image"]).pooled)
+    save_model(model.eval(), tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.embed_images(b["image"]), model.embed_images(b["image"]))
+    with pytest.raises(ConfigError, match="image_embedding='grid'"):
+        cbip(image_embedding="grid")
+
+
 def test_patch_dropping_keeps_each_patch_at_its_own_slot():
     model = cbip(patch_drop=0.5)
     N = model.num_patches

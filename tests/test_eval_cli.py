@@ -189,6 +189,19 @@ def test_image_models_on_sim_data_encoding_retrieval_reconstruction(tmp_path, ho
         for name in ("model", "ridge (MaskedPCA of maps)"):
             assert 0 <= scores[name]["map_to_image"] <= 1
             assert 0 <= scores[name]["two_way_map_to_image"] <= 1
+        # the ceiling: each repeat-averaged map against every stimulus's noiseless map
+        # (Pearson over the mask); all stimuli are candidates, so every draw is the same
+        rows = val.subject_ids == int(s)
+        ids = np.unique(val.nsd_ids[rows])
+        avg = np.stack([z[rows & (val.nsd_ids == i)].mean(0) for i in ids])[:, mask]
+        truth = load_ground_truth(home / "sim" / "ci-seed0", int(s), ids)[:, mask]
+        corr = np.corrcoef(avg, truth)[: len(ids), len(ids) :]
+        ceiling = scores["identification: noiseless truth (ceiling)"]
+        assert ceiling["map_to_image"] == pytest.approx((corr.argmax(1) == np.arange(k)).mean())
+        assert ceiling["image_to_map"] == pytest.approx((corr.argmax(0) == np.arange(k)).mean())
+        assert ceiling["map_to_image"] > 10 / k  # the simulated signal identifies stimuli
+        for name in ("ridge encoding (image features -> map)", "true RF features encoding"):
+            assert 0 <= scores[f"identification: {name}"]["map_to_image"] <= 1
 
     rec = b2i["tasks"]["reconstruction"]["mean"]
     assert set(rec) == {"model", "mean image", "chance"}

@@ -142,6 +142,18 @@ def _runs() -> list[Run]:
         runs.append(
             Run(f"demo-micro-struct-{tag}-350", "demo", "micro", (350,), model_kwargs=kw, warmup=35)
         )
+    # a second seed of the demo-compute recipe on both datasets (the table's spread)
+    for ds in ("nsdmask", "demo"):
+        runs.append(
+            Run(
+                f"{ds}-micro-struct-1400-seed1",
+                ds,
+                "micro",
+                (DEMO_STEPS,),
+                midway=(350, 700),
+                seed=1,
+            )
+        )
     return runs
 
 

@@ -21,7 +21,11 @@ Image2BOLD      encoding: one map per held-out stimulus   mean map, ridge from t
                                                           receptive-field responses
 CBIP            retrieval: top-1 among 300 over 30        chance; ridge from MaskedPCA
                 draws, both directions; two-way           components of the maps to the
-                identification (``evaluate.retrieval``)   image embeddings
+                identification (``evaluate.retrieval``)   image embeddings; identification
+                                                          by encoding models (the image
+                                                          ridge above; on ``sim:`` sources
+                                                          the true-RF fit and the noiseless
+                                                          maps: the ceiling)
 Bold2Image      reconstruction: PixCorr, SSIM, two-way    the mean training image; chance
                 identification (``evaluate.               (two-way)
                 reconstruction``)
@@ -489,7 +493,6 @@ def encoding_task(
     per_subject: dict[int, dict[str, dict[str, float]]] = {}
     pixel_r: dict[str, list[np.ndarray]] = {}
     memo = {} if memo is None else memo
-    encoder_key = _weights_key(model.image_encoder)  # baselines are shared by encoder
     for s in np.unique(data.subject_id):
         rows = data.rows(s)
         ids = np.unique(data.nsd_id[rows])
@@ -502,10 +505,9 @@ def encoding_task(
         preds: dict[str, np.ndarray] = {
             "model": predict_encoding_maps(model, data.images_of(ids), int(s), batch_size)
         }
-        key = ("encoding baselines", int(s), encoder_key)
-        if key not in memo:
-            memo[key] = _encoding_baselines(model, data, train, int(s), ids, truth_root, batch_size)
-        preds.update(memo[key])
+        preds.update(
+            _encoding_baselines(model, data, train, int(s), ids, truth_root, batch_size, memo)
+        )
         preds["mean map"] = np.broadcast_to(mean_map.numpy(), (len(ids), *mask.shape))
         if truth is not None:
             preds["noiseless truth"] = truth
@@ -543,10 +545,27 @@ def _encoding_baselines(
     ids: np.ndarray,
     truth_root: Path | None,
     batch_size: int,
+    memo: dict[Any, Any],
 ) -> dict[str, np.ndarray]:
     """Subject ``s``'s encoding baselines for the stimuli ``ids``: a ridge from the
     model's frozen image encoder's features and, on simulated data, a per-pixel fit of
-    the simulator's true receptive-field responses; maps (n, H, W)."""
+    the simulator's true receptive-field responses; maps (n, H, W). Computed once per
+    subject and image encoder (identified by its weights) in ``memo``."""
+    key = ("encoding baselines", s, _weights_key(model.image_encoder))
+    if key not in memo:
+        memo[key] = _fit_encoding_baselines(model, data, train, s, ids, truth_root, batch_size)
+    return memo[key]
+
+
+def _fit_encoding_baselines(
+    model: Any,
+    data: SplitData,
+    train: SplitData,
+    s: int,
+    ids: np.ndarray,
+    truth_root: Path | None,
+    batch_size: int,
+) -> dict[str, np.ndarray]:
     mask = data.mask
     train_rows = train.rows(s)
     if not len(train_rows):
@@ -594,11 +613,22 @@ def _encoder_features(model: Any, images: np.ndarray, batch_size: int = 64) -> n
 
 @torch.no_grad()
 def retrieval_task(
-    model: Any, data: SplitData, train: SplitData, pca: Any, batch_size: int = 64
+    model: Any,
+    data: SplitData,
+    train: SplitData,
+    pca: Any,
+    batch_size: int = 64,
+    truth_root: Path | None = None,
+    memo: dict[Any, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """CBIP retrieval per subject (maps averaged over the repeats of each stimulus
-    against that stimulus's image embedding), averaged over subjects; beside chance and
-    a ridge from the maps' MaskedPCA components to the image embeddings.
+    against that stimulus's image embedding), averaged over subjects; beside chance, a
+    ridge from the maps' MaskedPCA components to the image embeddings, and
+    identification by encoding models (the classic route: each candidate picture's
+    predicted map, Pearson-correlated with the measured map, same candidates and
+    draws): the encoding task's ridge from the image encoder's token features and, on
+    simulated data (``truth_root``), the fit of the true receptive-field responses and
+    the true noiseless maps (the ceiling). ``memo``: as in :func:`encoding_task`.
 
     Returns ``(results, example)``: results ``{"mean": {method: scores}, "per_subject":
     ...}`` with ``map_to_image`` / ``image_to_map`` top-1 among ``num_candidates`` (300
@@ -613,7 +643,7 @@ def retrieval_task(
     def image_embeddings(images: np.ndarray) -> np.ndarray:
         return np.concatenate(
             [
-                model.encode_images(_prepared_images(images[sl], dev)).pooled.float().cpu().numpy()
+                model.embed_images(_prepared_images(images[sl], dev)).float().cpu().numpy()
                 for sl in _batches(len(images), batch_size)
             ]
         )
@@ -623,6 +653,7 @@ def retrieval_task(
 
     per_subject: dict[int, dict[str, dict[str, float]]] = {}
     example: dict[str, Any] = {}
+    memo = {} if memo is None else memo
     for s in np.unique(data.subject_id):
         rows = data.rows(s)
         emb = embed_maps(model, data.maps[rows], data.subject_id[rows], batch_size)
@@ -630,19 +661,23 @@ def retrieval_task(
         if len(ids) < 2:
             continue
         img = image_embeddings(data.images_of(ids))
-        embeddings = {"model": bold}
+        # method -> (map side (n, d), image side (n, d), similarity metric), row i = ids[i]
+        pairs = {"model": (bold, img, "cosine")}
         train_rows = train.rows(s)
         if len(train_rows) >= 5:
             tr_coef, tr_ids, _ = average_repeats(pca_coefs(train.maps[train_rows]),
                                                  train.nsd_id[train_rows])  # fmt: skip
             ridge = fit_ridge(tr_coef, image_embeddings(train.images_of(tr_ids)))
             te_coef, _, _ = average_repeats(pca_coefs(data.maps[rows]), data.nsd_id[rows])
-            embeddings["ridge (MaskedPCA of maps)"] = ridge.predict(te_coef)
+            pairs["ridge (MaskedPCA of maps)"] = (ridge.predict(te_coef), img, "cosine")
+        pairs.update(
+            _identification_pairs(model, data, train, int(s), ids, truth_root, memo, batch_size)
+        )
         k = min(300, len(ids))
         scores = {}
-        for name, e in embeddings.items():
-            top = retrieval_top1(e, img, num_candidates=k, num_draws=30, seed=EVAL_SEED)
-            two = two_way_identification(similarity(e, img))
+        for name, (a, b, metric) in pairs.items():
+            top = retrieval_top1(a, b, k, num_draws=30, seed=EVAL_SEED, metric=metric)
+            two = two_way_identification(similarity(a, b, metric))
             scores[name] = {
                 "map_to_image": top["a_to_b"],
                 "image_to_map": top["b_to_a"],
@@ -665,6 +700,35 @@ def retrieval_task(
         m: _mean_over_subjects({s: d[m] for s, d in per_subject.items() if m in d}) for m in methods
     }
     return {"mean": mean, "per_subject": {str(s): d for s, d in per_subject.items()}}, example
+
+
+def _identification_pairs(
+    model: Any,
+    data: SplitData,
+    train: SplitData,
+    s: int,
+    ids: np.ndarray,
+    truth_root: Path | None,
+    memo: dict[Any, Any],
+    batch_size: int,
+) -> dict[str, tuple[np.ndarray, np.ndarray, str]]:
+    """Subject ``s``'s identification by encoding models: (repeat-averaged measured
+    maps (n, P_in), predicted maps (n, P_in), "pearson") per encoding model, rows in
+    the order of the sorted ``ids``."""
+    predicted = dict(_encoding_baselines(model, data, train, s, ids, truth_root, batch_size, memo))
+    if truth_root is not None:
+        from boldgpt.sim.truth import load_ground_truth
+
+        predicted["noiseless truth"] = load_ground_truth(truth_root, s, ids)
+    measured, measured_ids, _ = _stimulus_means(data, data.rows(s))
+    if not np.array_equal(measured_ids, ids):
+        raise DataError(f"subject {s}: measured and predicted maps of different stimuli")
+    names = {
+        "ridge (image features)": "identification: ridge encoding (image features -> map)",
+        "true RF features (per-pixel fit)": "identification: true RF features encoding",
+        "noiseless truth": "identification: noiseless truth (ceiling)",
+    }
+    return {names[n]: (measured, p[:, data.mask], "pearson") for n, p in predicted.items()}
 
 
 @torch.no_grad()
@@ -978,7 +1042,7 @@ def _evaluate_models(
                         _encoding_figure(pixel_r, data.mask, figure_dir / f"{tag}encoding_r.png")
                     )
             elif task == "retrieval":
-                res, example = retrieval_task(model, data, train, pca, bs)
+                res, example = retrieval_task(model, data, train, pca, bs, root, memo)
                 if figure_dir is not None:
                     entry["figures"].append(
                         _retrieval_figure(example, data, figure_dir / f"{tag}retrieval.png")

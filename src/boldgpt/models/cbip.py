@@ -8,7 +8,12 @@ that a trial's BOLD embedding matches the embedding of the picture the subject s
 are all positives)::
 
     maps (B, H, W) -> patches (B, N, P) -> [subject, registers, patches] -> backbone
-        -> pool (B, D) -> head (B, C)  ~  image encoder(images (B, 3, S, S)).pooled (B, C)
+        -> pool (B, D) -> head (B, C)  ~  image embedding (B, C) of images (B, 3, S, S)
+
+The image embedding is the frozen encoder's pooled output (``image_embedding="pooled"``)
+or a learned linear projection of its token grid (``"tokens"``, (B, M * C) -> (B, C)):
+a mean over the tokens discards where things are in the picture, and retinotopic maps
+depend on exactly that.
 
 Patch dropping (``patch_drop`` > 0, training only): each sample keeps a random
 subset of its patches, each still carrying the position embedding of its own slot,
@@ -41,6 +46,7 @@ from boldgpt.models.losses import LOSSES, make_contrastive_loss
 from boldgpt.models.transformer import ModelOutput, PatchModel
 
 POOLING = ("mean", "subject")
+IMAGE_EMBEDDINGS = ("pooled", "tokens")
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,9 @@ class CBIPConfig(PatchModelConfig):
         loss: ``clip``, ``siglip`` or ``cosine``.
         pool: ``mean`` (of the patch outputs) or ``subject`` (the subject token's
             output).
+        image_embedding: ``pooled`` (the frozen encoder's pooled output) or ``tokens``
+            (its token features, flattened, through a learned linear projection to
+            the encoder's width: keeps the picture's layout).
         patch_drop: fraction of each map's patches dropped per training sample.
         cache_targets: keep the image encoder's outputs per stimulus id (no random
             image augmentation then).
@@ -64,6 +73,7 @@ class CBIPConfig(PatchModelConfig):
     image_encoder: str = "imagebeit_micro_patch16"
     loss: str = "clip"
     pool: str = "mean"
+    image_embedding: str = "pooled"
     patch_drop: float = 0.0
     cache_targets: bool = True
 
@@ -76,6 +86,11 @@ class CBIPConfig(PatchModelConfig):
             raise ConfigError(f"model config loss={self.loss!r}: expected one of {LOSSES}")
         if self.pool not in POOLING:
             raise ConfigError(f"model config pool={self.pool!r}: expected one of {POOLING}")
+        if self.image_embedding not in IMAGE_EMBEDDINGS:
+            raise ConfigError(
+                f"model config image_embedding={self.image_embedding!r}: expected one of "
+                f"{IMAGE_EMBEDDINGS}"
+            )
         if not 0.0 <= self.patch_drop < 1.0:
             raise ConfigError(f"model config patch_drop={self.patch_drop!r}: expected [0, 1)")
 
@@ -104,14 +119,21 @@ class CBIP(PatchModel):
     """Bidirectional BOLD encoder trained against a frozen image encoder.
 
     Built as ``CBIP(config, mask, patch_indices=None)``. ``head`` is the projection
-    (D -> C, C = the image encoder's width); ``image_encoder`` is frozen; the loss
-    module (``loss_fn``) holds the learned temperature / scale and bias.
+    (D -> C, C = the image encoder's width); ``image_encoder`` is frozen;
+    ``image_head`` (M * C -> C, ``image_embedding="tokens"`` only) projects its token
+    grid; the loss module (``loss_fn``) holds the learned temperature / scale and bias.
     """
 
     causal = False
     config_class = CBIPConfig
     config: CBIPConfig
-    init_skip: ClassVar[tuple[str, ...]] = ("head.", "residual_cov", "image_encoder.", "loss_fn.")
+    init_skip: ClassVar[tuple[str, ...]] = (
+        "head.",
+        "image_head.",
+        "residual_cov",
+        "image_encoder.",
+        "loss_fn.",
+    )
     """State-dict prefixes :func:`~boldgpt.models.pretrained.init_from` never copies
     from a map model: the projection head (and a patch model's residual covariance)
     belong to another task."""
@@ -129,6 +151,12 @@ class CBIP(PatchModel):
         self.head = nn.Linear(config.embed_dim, self.image_encoder.embed_dim)
         nn.init.trunc_normal_(self.head.weight, std=0.02, a=-0.04, b=0.04)
         nn.init.zeros_(self.head.bias)
+        self.image_head: nn.Linear | None = None
+        if config.image_embedding == "tokens":
+            enc = self.image_encoder
+            self.image_head = nn.Linear(enc.num_tokens * enc.embed_dim, enc.embed_dim)
+            nn.init.trunc_normal_(self.image_head.weight, std=0.02, a=-0.04, b=0.04)
+            nn.init.zeros_(self.image_head.bias)
         self.loss_fn = make_contrastive_loss(config.loss)
         self.target_cache = TargetCache() if config.cache_targets else None
 
@@ -199,6 +227,16 @@ class CBIP(PatchModel):
             return self.target_cache(self.image_encoder, images, nsd_id)
         return self.image_encoder(images)
 
+    def embed_images(
+        self, images: torch.Tensor, nsd_id: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Image embeddings (B, C) of images (B, 3, S, S): the space BOLD embeddings are
+        matched in (see ``image_embedding``)."""
+        out = self.encode_images(images, nsd_id)
+        if self.image_head is None:
+            return out.pooled
+        return self.image_head(out.tokens.flatten(1))
+
     def forward(self, batch: Mapping[str, torch.Tensor]) -> ModelOutput:
         """Contrastive loss of a prepared batch.
 
@@ -221,7 +259,7 @@ class CBIP(PatchModel):
             slots = self.kept_slots(maps.shape[0])
         patches = self.patchify(maps)
         bold = self.embed_bold_patches(patches, subject_id, slots)
-        image = self.encode_images(images, nsd_id).pooled
+        image = self.embed_images(images, nsd_id)
         sid = None if nsd_id is None else torch.as_tensor(nsd_id, device=bold.device)
         # the global batch's negatives in training; evaluation stays per rank
         loss, metrics = self.loss_fn(bold, image, sid, gather=self.training)

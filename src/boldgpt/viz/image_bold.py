@@ -206,7 +206,7 @@ def cbip_examples_figure(model: Any, batch: Mapping[str, torch.Tensor], top: int
     maps, images = batch["activity"].to(model.device), batch["image"].to(model.device)
     nsd_id = batch.get("nsd_id")
     bold = model.encode_bold(maps, batch.get("subject_id"))
-    image = model.encode_images(images, nsd_id).pooled
+    image = model.embed_images(images, nsd_id)
     candidates, truth, similarity, ranking = retrieval_ranking(bold, image, nsd_id)
     pictures = display_images(images, _normalization(model))
     k = min(top, len(candidates))
