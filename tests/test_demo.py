@@ -30,6 +30,7 @@ def test_demo_pipeline_on_tiny_dataset(tmp_path, monkeypatch):
         components=4,
         num_examples=2,
         device="cpu",
+        image_steps={"encoder": 2, "image2bold": 2, "cbip": 2},
     )
 
     # the mean-map baseline, recomputed from what the dataset builder wrote
@@ -66,6 +67,24 @@ def test_demo_pipeline_on_tiny_dataset(tmp_path, monkeypatch):
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000
     assert (out / "train" / "model" / "model.safetensors").exists()
     assert (out / "pca.safetensors").exists()
+
+    # the image side trained its three models for the steps asked, and the report and
+    # summary show its encoding and retrieval numbers beside their baselines
+    images = json.loads((out / "images" / "eval.json").read_text())
+    for name in ("encoder", "image2bold", "cbip"):
+        log = (out / "images" / name / "log.jsonl").read_text().splitlines()
+        assert max(json.loads(row)["step"] for row in log) == 2
+    kinds = sorted(m["class"] for m in images["models"].values())
+    assert kinds == ["CBIP", "Image2BOLD"]
+    enc = summary["images"]["encoding"]
+    assert {"model", "ridge (image features)"} <= set(enc)
+    ret = summary["images"]["retrieval"]
+    assert {"model", "chance", "identification: ridge encoding (image features -> map)"} <= set(ret)
+    (i2b,) = [m for m in images["models"].values() if m["class"] == "Image2BOLD"]
+    assert enc["model"]["r_mean"] == i2b["tasks"]["encoding"]["mean"]["model"]["r_mean"]
+    assert "Encoding and retrieval" in md
+    assert format_number(ret["model"]["map_to_image"]) in md
+    assert format_number(enc["ridge (image features)"]["r_mean"]) in md
 
     # the trained model completes maps from the command line: the observed patches are
     # kept, the hidden ones filled in

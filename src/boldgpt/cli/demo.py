@@ -20,7 +20,10 @@ The README demo, offline on one machine:
 5. complete held-out maps from their left hemisphere and from their central 30% of
    patches, with the model queried in one pass and autoregressively, beside MaskedPCA
    and the mean map; draw samples;
-6. write OUT_DIR/report.md, report.html (figures embedded) and summary.json.
+6. meanwhile, on another thread (a child process): train an image encoder, an encoding
+   model (image2bold: picture -> map) and a retrieval model (CBIP), and score them beside
+   their baselines and ceilings (--no-images skips this);
+7. write OUT_DIR/report.md, report.html (figures embedded) and summary.json.
 
 Running it again in the same folder reuses the data and the trained model.
 """
@@ -56,6 +59,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pca-maps", type=int, default=4000, help="training maps to fit PCA on")
     p.add_argument("--components", type=int, default=128, help="PCA components")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument(
+        "--no-images",
+        dest="images",
+        action="store_false",
+        help="skip the image side (encoding and retrieval models; about 11 minutes of a "
+        "second CPU thread)",
+    )
     p.set_defaults(func=_run)
 
 
@@ -72,5 +82,6 @@ def _run(args: argparse.Namespace) -> int:
         pca_maps=args.pca_maps,
         components=args.components,
         device=args.device,
+        images=args.images,
     )
     return 0

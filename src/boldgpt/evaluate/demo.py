@@ -10,7 +10,10 @@
 5. completion of held-out maps from two prompts (left hemisphere; central 30% of the
    patches): the model queried in one pass and autoregressively, beside MaskedPCA and
    the mean map, as in-mask R² of the hidden pixels; samples and figures;
-6. ``OUT_DIR/report.md`` and ``report.html`` (figures embedded) and ``summary.json``.
+6. the image side (:mod:`boldgpt.evaluate.demo_images`), trained in a child process on
+   another thread while 2-5 run: an image encoder, an encoding model (image2bold) and a
+   retrieval model (CBIP), scored with their baselines and ceilings;
+7. ``OUT_DIR/report.md`` and ``report.html`` (figures embedded) and ``summary.json``.
 
 Running it again in the same folder reuses the cached data and the trained model
 (training resumes if it was interrupted).
@@ -23,6 +26,7 @@ import math
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -145,10 +149,14 @@ def run_demo(
     components: int = 128,
     device: str = "auto",
     num_examples: int = 6,
+    images: bool = True,
+    image_steps: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Run the whole demo (see the module docstring); returns the summary it writes to
     ``OUT_DIR/summary.json``. ``eval_maps`` validation maps are scored on next-patch
-    prediction, the first ``completion_maps`` of them on completion."""
+    prediction, the first ``completion_maps`` of them on completion. ``images``: also
+    the image side (encoding and retrieval), with ``image_steps`` per model (default
+    :data:`~boldgpt.evaluate.demo_images.IMAGE_STEPS`)."""
     from boldgpt.data.cache import build_cache
     from boldgpt.data.maps import load_split_maps
     from boldgpt.engine.distributed import resolve_device
@@ -158,55 +166,80 @@ def run_demo(
     from boldgpt.utils.io import write_json
 
     out_dir = Path(out_dir)
-    progress = _Progress(6)
+    progress = _Progress(7 if images else 6)
     progress(f"data: simulating (first run only) and caching {source}", "data")
     cache_dir = build_cache(source, splits=["train", "val"])
     progress.note(f"cache: {cache_dir}")
+    image_proc = None
+    if images:
+        from boldgpt.evaluate.demo_images import start_image_side
 
-    config = demo_config(out_dir / "train", source, steps, device, seed)
-    progress(
-        f"training {config.model.name} (shuffled order, continuous patches): "
-        f"{config.train.max_steps} steps of {config.data.batch_size} maps",
-        "train",
-    )
-    model_dir = _train(config, progress)
-    dev = resolve_device(device)
-    model = load_model(model_dir, device=dev)
-    records = read_log(config.out_dir)
+        kwargs = dict(source=source, seed=seed, steps=image_steps, device=device)
+        image_proc = start_image_side(out_dir / "images", **kwargs)
+        progress.note(
+            f"image side (encoder, encoding, retrieval) training beside it: log in "
+            f"{out_dir / 'images' / 'log.txt'}"
+        )
 
-    progress(f"baselines: training mean map and MaskedPCA ({components} components)", "baselines")
-    mean_map, pca, counts = _baselines(cache_dir, source, pca_maps, components, out_dir)
-    progress.note(f"PCA fitted on {counts['pca_fit_maps']} of {counts['num_train_maps']} maps")
+    try:
+        config = demo_config(out_dir / "train", source, steps, device, seed)
+        progress(
+            f"training {config.model.name} (shuffled order, continuous patches): "
+            f"{config.train.max_steps} steps of {config.data.batch_size} maps",
+            "train",
+        )
+        model_dir = train_or_reuse(config, progress.note)
+        dev = resolve_device(device)
+        model = load_model(model_dir, device=dev)
+        records = read_log(config.out_dir)
 
-    val_maps, val_sids, _ = load_split_maps(source, "val", eval_maps, seed=EVAL_SEED)
-    k = min(completion_maps, len(val_maps))
-    counts.update(num_eval_maps=len(val_maps), num_completion_maps=k)
-    progress(f"evaluating next-patch prediction on {len(val_maps)} validation maps", "eval")
-    next_patch = _next_patch(model, pca, mean_map, val_maps, val_sids, progress)
+        progress(
+            f"baselines: training mean map and MaskedPCA ({components} components)", "baselines"
+        )
+        mean_map, pca, counts = _baselines(cache_dir, source, pca_maps, components, out_dir)
+        progress.note(f"PCA fitted on {counts['pca_fit_maps']} of {counts['num_train_maps']} maps")
 
-    progress(f"completing {k} maps from two prompts; samples and figures", "generate")
-    fig_dir = out_dir / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    completion = _completions(
-        model, pca, mean_map, val_maps[:k], val_sids[:k], fig_dir, num_examples, progress
-    )
-    n = min(num_examples, len(val_maps))
-    _figures(model, pca, val_maps[:n], val_sids[:n], records, next_patch, fig_dir)
+        val_maps, val_sids, _ = load_split_maps(source, "val", eval_maps, seed=EVAL_SEED)
+        k = min(completion_maps, len(val_maps))
+        counts.update(num_eval_maps=len(val_maps), num_completion_maps=k)
+        progress(f"evaluating next-patch prediction on {len(val_maps)} validation maps", "eval")
+        next_patch = _next_patch(model, pca, mean_map, val_maps, val_sids, progress)
 
-    progress("writing the report")
-    summary = _summary(config, model, records, next_patch, completion, pca, counts)
-    summary["timings_s"] = progress.done()
-    summary["machine"]["device"] = str(dev)
-    write_json(out_dir / "summary.json", summary)
-    example_figs = sorted((Path(config.out_dir) / "figures").glob("examples-step*.png"))
-    md, page = write_report(out_dir, summary, example_figs)
-    print_summary(summary, md, page, model_dir)
-    return summary
+        progress(f"completing {k} maps from two prompts; samples and figures", "generate")
+        fig_dir = out_dir / "figures"
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        completion = _completions(
+            model, pca, mean_map, val_maps[:k], val_sids[:k], fig_dir, num_examples, progress
+        )
+        n = min(num_examples, len(val_maps))
+        _figures(model, pca, val_maps[:n], val_sids[:n], records, next_patch, fig_dir)
+
+        image_result = None
+        if image_proc is not None:
+            from boldgpt.evaluate.demo_images import finish_image_side, image_summary
+
+            progress("image side: waiting for the encoding and retrieval models", "images")
+            image_result = finish_image_side(image_proc, out_dir / "images")
+
+        progress("writing the report")
+        summary = _summary(config, model, records, next_patch, completion, pca, counts)
+        if image_result is not None:
+            summary["images"] = image_summary(image_result)
+        summary["timings_s"] = progress.done()
+        summary["machine"]["device"] = str(dev)
+        write_json(out_dir / "summary.json", summary)
+        example_figs = sorted((Path(config.out_dir) / "figures").glob("examples-step*.png"))
+        md, page = write_report(out_dir, summary, example_figs, image_result)
+        print_summary(summary, md, page, model_dir)
+        return summary
+    finally:
+        if image_proc is not None and image_proc.is_alive():
+            image_proc.terminate()  # the demo failed: do not leave the child running
 
 
-def _train(config: Any, progress: _Progress) -> Path:
+def train_or_reuse(config: Any, note: Callable[[str], None]) -> Path:
     """Train (or resume, or reuse a finished run in ``config.out_dir``); returns the
-    model directory."""
+    model directory. ``note`` prints a progress line."""
     from boldgpt.engine.checkpoint import CheckpointManager, load_checkpoint
     from boldgpt.engine.train import train
 
@@ -214,12 +247,12 @@ def _train(config: Any, progress: _Progress) -> Path:
     model_dir = train_dir / "model"
     latest = CheckpointManager(train_dir / "checkpoints").latest()
     if model_dir.exists() and latest and load_checkpoint(latest)["step"] >= config.train.max_steps:
-        progress.note(f"already trained: reusing {model_dir} (delete {train_dir} to retrain)")
+        note(f"already trained: reusing {model_dir} (delete {train_dir} to retrain)")
         return model_dir
     result = train(config)
     if result.status == "interrupted":
         raise KeyboardInterrupt
-    progress.note(f"model: {model_dir}; logs: {train_dir / 'log.jsonl'}, {train_dir / 'tb'}")
+    note(f"model: {model_dir}; logs: {train_dir / 'log.jsonl'}, {train_dir / 'tb'}")
     return model_dir
 
 

@@ -11,8 +11,14 @@ from boldgpt.evaluate.demo import PROMPTS
 from boldgpt.evaluate.report import Report
 
 
-def write_report(out_dir: Path, s: dict[str, Any], example_figs: list[Path]) -> tuple[Path, Path]:
-    """Write ``out_dir/report.md`` and ``report.html`` for summary ``s``; returns both."""
+def write_report(
+    out_dir: Path,
+    s: dict[str, Any],
+    example_figs: list[Path],
+    image_result: dict[str, Any] | None = None,
+) -> tuple[Path, Path]:
+    """Write ``out_dir/report.md`` and ``report.html`` for summary ``s`` (and the image
+    side's ``eval.json`` content, when it ran); returns both."""
     fig = out_dir / "figures"
     r = Report("boldgpt demo: a micro boldGPT on simulated NSD-Flat maps")
     r.text(
@@ -47,6 +53,8 @@ def write_report(out_dir: Path, s: dict[str, Any], example_figs: list[Path]) -> 
             "sample, and the order the patches were fed in",
         )
     r.figure(fig / "pca.png", "The MaskedPCA baseline: mean map and leading components")
+    if image_result is not None:
+        _image_section(r, s, image_result, out_dir / "images")
     r.heading("Reproduce")
     r.text(
         f"`boldgpt demo runs/demo --seed {s['seed']}` (this report). Then e.g. `boldgpt "
@@ -60,6 +68,27 @@ def write_report(out_dir: Path, s: dict[str, Any], example_figs: list[Path]) -> 
         + f". Training throughput {s['maps_per_s'] or 0:.0f} maps/s."
     )
     return r.write(out_dir)
+
+
+def _image_section(r: Report, s: dict[str, Any], result: dict[str, Any], images: Path) -> None:
+    """Encoding and retrieval: the image side's evaluation with its baselines."""
+    from boldgpt.evaluate.demo_images import IMAGE_STEPS
+    from boldgpt.evaluate.eval import add_eval_sections
+
+    steps = s["images"].get("steps", IMAGE_STEPS)
+    r.heading("Encoding and retrieval")
+    r.text(
+        f"Trained beside the boldGPT, on another thread: an image encoder "
+        f"(`imagebeit_micro_patch16`, masked patches of the 64 px stimuli, {steps['encoder']} "
+        f"steps), frozen, under an encoding model (`image2bold_micro_patch10`: the map of an "
+        f"unseen picture in one pass, {steps['image2bold']} steps of 16 maps) and a retrieval "
+        f"model (`cbip_micro_patch10`: contrastive map and picture embeddings, "
+        f"{steps['cbip']} steps of 64 maps). Encoding is scored against a ridge on the same "
+        "encoder's features and, on simulated data, the simulator's true receptive fields "
+        "and its noiseless maps (the ceiling); retrieval against chance, a ridge from "
+        "MaskedPCA of the maps, and stimulus identification by those encoding models."
+    )
+    add_eval_sections(r, result, images / "figures")
 
 
 def _next_patch_section(r: Report, s: dict[str, Any]) -> None:
@@ -210,6 +239,14 @@ def print_summary(s: dict[str, Any], md: Path, page: Path, model_dir: Path) -> N
     for how, scores in s["completion_r2"].items():
         cells = ", ".join(f"{name} {v:+.3f}" for name, v in scores.items())
         lines.append(f"  {PROMPTS[how]}: {cells}")
+    if "images" in s:
+        enc, ret = s["images"]["encoding"], s["images"]["retrieval"]
+        w = max(len(name) for name in (*enc, *ret))
+        lines.append("encoding r per pixel, held-out pictures (higher is better):")
+        lines += [f"  {name:<{w}}  {v['r_mean']:.3f}" for name, v in enc.items() if "r_mean" in v]
+        k = s["images"].get("num_candidates", 0)
+        lines.append(f"retrieval top-1 map->image among {k:.0f} pictures (higher is better):")
+        lines += [f"  {name:<{w}}  {v['map_to_image']:.3f}" for name, v in ret.items()]
     lines += [
         f"report: {md}",
         f"        {page}",
