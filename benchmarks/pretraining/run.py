@@ -1,9 +1,9 @@
 """The value of pretraining (issue 11): does starting a downstream model from a
 pretrained map model help it, and by how much with little paired data?
 
-For each downstream family (CBIP: 300-way retrieval and a 24-way linear probe of its BOLD
-embeddings; image2bold: encoding r), the same run (``configs/<family>_micro.yaml``, a
-fixed number of steps, one thread) is trained
+For each downstream family (CBIP: retrieval among min(300, held-out stimuli) candidates
+and a 24-way linear probe of its BOLD embeddings; image2bold: encoding r), the same run
+(``configs/<family>_micro.yaml``, a fixed number of steps, one thread) is trained
 
 - from scratch, or with its BOLD side initialized from a pretrained boldGPT or BEiT map
   model (``model.init_from``),
@@ -39,8 +39,18 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIGS = {"cbip": "configs/cbip_micro.yaml", "image2bold": "configs/image2bold_micro.yaml"}
 METRICS: dict[str, dict[str, tuple[str, ...]]] = {
     "cbip": {
-        "retrieval top-1 map->image (300-way)": ("retrieval", "mean", "model", "map_to_image"),
-        "retrieval top-1 image->map (300-way)": ("retrieval", "mean", "model", "image_to_map"),
+        "retrieval top-1 map->image (min(300, stimuli)-way)": (
+            "retrieval",
+            "mean",
+            "model",
+            "map_to_image",
+        ),
+        "retrieval top-1 image->map (min(300, stimuli)-way)": (
+            "retrieval",
+            "mean",
+            "model",
+            "image_to_map",
+        ),
         "24-way probe, within subject": ("probe", "within", "linear probe (model)", "accuracy"),
     },
     "image2bold": {
