@@ -20,7 +20,6 @@ Outputs in ``OUT_DIR/images``: each model's training folder, ``eval.json``,
 
 from __future__ import annotations
 
-import copy
 import multiprocessing
 import os
 import sys
@@ -74,9 +73,11 @@ IMAGE_CONFIGS: dict[str, dict[str, Any]] = {
 def image_config(name: str, out_dir: Path, source: str, seed: int, steps: int, device: str) -> Any:
     """The :class:`~boldgpt.engine.config.TrainConfig` of one image-side model; the
     encoding and retrieval models read the encoder trained in ``out_dir/encoder``."""
+    from omegaconf import OmegaConf
+
     from boldgpt.engine.config import config_from_dict
 
-    raw = _merge(copy.deepcopy(_COMMON), copy.deepcopy(IMAGE_CONFIGS[name]))
+    raw = OmegaConf.to_container(OmegaConf.merge(_COMMON, IMAGE_CONFIGS[name]))
     raw.update(out_dir=os.fspath(out_dir / name), seed=seed)
     raw["data"]["source"] = source
     if name != "encoder":
@@ -89,26 +90,15 @@ def image_config(name: str, out_dir: Path, source: str, seed: int, steps: int, d
     return config_from_dict(raw, where=f"demo image config {name!r}")
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
-    return base
-
-
 def run_image_side(
     out_dir: str | os.PathLike,
     source: str,
     seed: int = 0,
     steps: dict[str, int] | None = None,
     device: str = "cpu",
-    eval_maps: int | None = None,
 ) -> dict[str, Any]:
     """Train the three image-side models (reusing finished ones) and evaluate the
-    encoding and retrieval models; returns the ``eval.json`` it writes to ``out_dir``.
-    ``eval_maps``: at most this many validation maps (None: all)."""
+    encoding and retrieval models; returns the ``eval.json`` it writes to ``out_dir``."""
     from boldgpt.evaluate.demo import train_or_reuse
     from boldgpt.evaluate.eval import EvalOptions, evaluate_models, write_eval
 
@@ -119,7 +109,7 @@ def run_image_side(
         config = image_config(name, out_dir, source, seed, steps[name], device)
         print(f"training {config.model.name}: {steps[name]} steps", flush=True)
         model_dirs[name] = train_or_reuse(config, print)
-    options = EvalOptions(source=source, split="val", device=device, threads=1, max_maps=eval_maps)
+    options = EvalOptions(source=source, split="val", device=device, threads=1)
     dirs = [str(model_dirs["image2bold"]), str(model_dirs["cbip"])]
     result = evaluate_models(dirs, options, out_dir / "figures")
     result["steps"] = steps

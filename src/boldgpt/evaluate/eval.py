@@ -552,36 +552,25 @@ def _encoding_baselines(
     the simulator's true receptive-field responses; maps (n, H, W). Computed once per
     subject and image encoder (identified by its weights) in ``memo``."""
     key = ("encoding baselines", s, _weights_key(model.image_encoder))
-    if key not in memo:
-        memo[key] = _fit_encoding_baselines(model, data, train, s, ids, truth_root, batch_size)
-    return memo[key]
-
-
-def _fit_encoding_baselines(
-    model: Any,
-    data: SplitData,
-    train: SplitData,
-    s: int,
-    ids: np.ndarray,
-    truth_root: Path | None,
-    batch_size: int,
-) -> dict[str, np.ndarray]:
+    if key in memo:
+        return memo[key]
     mask = data.mask
+    out: dict[str, np.ndarray] = {}
     train_rows = train.rows(s)
-    if not len(train_rows):
-        return {}
-    y, train_ids, _ = _stimulus_means(train, train_rows)
-    feats = _encoder_features(model, train.images_of(train_ids), batch_size)
-    ridge = fit_ridge(feats, y)
-    test_feats = _encoder_features(model, data.images_of(ids), batch_size)
-    out = {"ridge (image features)": _to_maps(ridge.predict(test_feats), mask)}
-    if truth_root is not None:
-        # one call for both sets: the simulator's forward model has a fixed cost
-        both = truth_features(truth_root, s, np.concatenate([train_ids, ids]), mask)
-        coef = per_pixel_ols(both[: len(train_ids)], y)
-        f = both[len(train_ids) :]
-        fitted = coef[None, :, 0] + np.einsum("npk,pk->np", f, coef[:, 1:])
-        out["true RF features (per-pixel fit)"] = _to_maps(fitted, mask)
+    if len(train_rows):
+        y, train_ids, _ = _stimulus_means(train, train_rows)
+        feats = _encoder_features(model, train.images_of(train_ids), batch_size)
+        ridge = fit_ridge(feats, y)
+        test_feats = _encoder_features(model, data.images_of(ids), batch_size)
+        out["ridge (image features)"] = _to_maps(ridge.predict(test_feats), mask)
+        if truth_root is not None:
+            # one call for both sets: the simulator's forward model has a fixed cost
+            both = truth_features(truth_root, s, np.concatenate([train_ids, ids]), mask)
+            coef = per_pixel_ols(both[: len(train_ids)], y)
+            f = both[len(train_ids) :]
+            fitted = coef[None, :, 0] + np.einsum("npk,pk->np", f, coef[:, 1:])
+            out["true RF features (per-pixel fit)"] = _to_maps(fitted, mask)
+    memo[key] = out
     return out
 
 
