@@ -447,3 +447,133 @@ def test_query_tokens_need_a_shuffled_model():
         IGPTConfig(shuffle=False, query_tokens=4)
     with pytest.raises(ConfigError, match="query_tokens"):
         IGPTConfig(query_tokens=-1)
+
+
+# ---- completion head ------------------------------------------------------------------
+
+
+def end_query_states(model: IGPT, patches, slots, sid, cut_steps, asked=None):
+    """Backbone outputs computed the plain causal way, where the token ending each
+    prompt (cut step k, k >= 1) carries the end query N (or the query of slot
+    ``asked``) instead of its next slot: what a completion token (a query token)
+    placed after that cut must equal. patches/slots (T, ...) of one sample; returns
+    (C, D)."""
+    b, N, R = model.backbone, model.num_patches, model.backbone.num_prefix
+    out = []
+    for k in cut_steps:
+        nxt = torch.cat([slots[:k], torch.tensor([N if asked is None else asked])])
+        x = torch.cat([b.prefix(sid, 1), b.embed_patches(patches[None, :k], slots[None, :k])], 1)
+        x = x + F.pad(b.queries(nxt[None]), (0, 0, R - 1, 0))
+        out.append(b(x)[0, -1])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("num_registers", [0, 2])
+def test_completion_tokens_ask_the_end_query_after_each_cut(monkeypatch, num_registers):
+    """Training: at each cut k the completion token sees exactly the first k patches of
+    the order (its output equals the end query asked at step k of a plain causal pass);
+    the head's map is scored on the in-mask pixels of the slots the cut hid, and
+    completion_weight x that loss joins the next-patch loss."""
+    model = make_model(num_registers=num_registers, completion_head=8, completion_weight=0.5)
+    model.train()
+    with torch.no_grad():  # a head whose output moves with its input, as a trained one
+        for lin in model.completion:
+            lin.weight.normal_(0.0, 0.3)
+    batch = make_batch(model, B=2)
+    p, N = model.patchify, model.num_patches
+    k = torch.tensor([[1, 5, 9, N - 1], [3, 3, 12, 20]])
+    monkeypatch.setattr(model, "completion_cuts", lambda B, cuts: k)
+    seen = []
+    head = model.complete_from_tokens
+    monkeypatch.setattr(model, "complete_from_tokens", lambda h: seen.append(head(h)) or seen[-1])
+    torch.manual_seed(4)
+    out = model(batch)
+    order = out.order
+    patches = p(batch["activity"])
+    sq = err = 0.0
+    with torch.no_grad():
+        for b in range(2):
+            seq = patches[b, order[b]]
+            h = end_query_states(model, seq, order[b], batch["subject_id"][b : b + 1], k[b])
+            pred = head(h[None])[0]  # (C, N, P)
+            torch.testing.assert_close(seen[0][b], pred, atol=1e-5, rtol=1e-4)
+            for c, cut in enumerate(k[b].tolist()):
+                hid = order[b, cut:]  # slots from step cut on
+                m = p.patch_mask[hid].float()
+                err += float((((pred[c, hid] - patches[b, hid]) ** 2) * m).sum())
+                sq += float(m.sum())
+        m = p.patch_mask[order].float()
+        next_mse = ((out.output - out.target) ** 2 * m).sum() / m.sum()
+    torch.testing.assert_close(out.metrics["completion_loss"], torch.tensor(err / sq))
+    torch.testing.assert_close(out.loss, next_mse + 0.5 * out.metrics["completion_loss"])
+
+
+def test_completion_tokens_are_cut_at_a_hemisphere_orders_first_side(monkeypatch):
+    model = make_model(completion_head=4, order_mix={"hemisphere": 1.0, "random": 1.0}).train()
+    seen = {}
+    real = model.completion_cuts
+    monkeypatch.setattr(model, "completion_cuts", lambda B, c: seen.setdefault("k", real(B, c)))
+    torch.manual_seed(0)
+    order = model(make_batch(model, B=64)).order
+    k = seen["k"]
+    left = model.slot_grid[order][..., 1].double() < model.midline
+    hemi = (left[:, 1:] != left[:, :-1]).sum(1) == 1
+    first_side = (left == left[:, :1]).long().cumprod(1).sum(1)
+    assert 16 < int(hemi.sum()) < 48
+    assert torch.equal(k[hemi, 0], first_side[hemi])
+    assert ((k >= 1) & (k < model.num_patches)).all() and len(set(k[:, 1:].flatten().tolist())) > 10
+
+
+def test_one_pass_completion_reads_the_completion_head(tmp_path):
+    """generate.complete(method="query") of a model with a completion head: each sample's
+    hidden patch is the mean of the head's map from one end query after its own prompt
+    (any prompt size per sample) and of the slot's own query there; hidden inputs never
+    matter, and the head survives a save/load round trip."""
+    from boldgpt import generate
+    from boldgpt.models.registry import load_model, save_model
+
+    model = make_model(completion_head=8)
+    with torch.no_grad():
+        model.completion[1].bias.normal_()  # a trained head's bias is not zero
+    batch = make_batch(model, B=2)
+    p, N = model.patchify, model.num_patches
+    patches = p(batch["activity"])
+    observed = torch.zeros(2, N, dtype=torch.bool)
+    observed[0, [0, 3, 4, 10]] = True
+    observed[1, 5:20] = True
+    sid = batch["subject_id"]
+    done = generate.complete(model, patches, observed, subject_id=sid, method="query")
+    with torch.no_grad():
+        for b in range(2):
+            slots = observed[b].nonzero()[:, 0]  # fixed prompt order: slot order
+            h = end_query_states(model, patches[b, slots], slots, sid[b : b + 1], [len(slots)])
+            ref = model.complete_from_tokens(h[None])[0, 0]
+            hid = ~observed[b]
+            for j in hid.nonzero()[:, 0].tolist():
+                hj = end_query_states(
+                    model, patches[b, slots], slots, sid[b : b + 1], [len(slots)], j
+                )
+                ref[j] = (ref[j] + model.predict(hj)[0]) / 2
+            ref = ref * p.patch_mask  # zero off the mask
+            torch.testing.assert_close(done[b, hid], ref[hid], atol=1e-5, rtol=1e-5)
+            assert torch.equal(done[b, ~hid], patches[b, ~hid])
+    noisy = torch.where(observed[..., None], patches, patches + 7.0)
+    again = generate.complete(model, noisy, observed, subject_id=sid, method="query")
+    torch.testing.assert_close(again, done)
+    save_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m").eval()
+    assert loaded.config.completion_head == 8
+    reloaded = generate.complete(loaded, patches, observed, subject_id=sid, method="query")
+    torch.testing.assert_close(reloaded, done)
+
+
+def test_completion_head_needs_a_continuous_shuffled_model():
+    for bad in (
+        dict(completion_head=-1),
+        dict(completion_head=8, shuffle=False),
+        dict(completion_head=8, categorical=True, vocab_size=16),
+        dict(completion_head=8, query_tokens=4),
+        dict(completion_head=8, completion_weight=-0.1),
+    ):
+        with pytest.raises(ConfigError, match="completion_"):
+            IGPTConfig(**bad)

@@ -448,13 +448,22 @@ def _complete_query(
         seq_order = _sequence_order(model, observed, "fixed", draw["generator"], prompt_order)
         seq = permute(clean, seq_order)
         next_slots = torch.cat([seq_order, seq_order.new_full((B, 1), N)], dim=1)
-        cache = b.init_cache(R + K + Q)
+        cache = b.init_cache(R + K + Q + 1)  # (+1: a completion token)
         prompt = (seq[:, :K], seq_order[:, :K], next_slots[:, : K + 1])
         model.decode(*prompt, subject_id, context, cache, num_outputs=1)
         tokens = torch.cat([b.prefix(subject_id, B), b.embed_patches(*prompt[:2])], dim=1)
         query_slots = seq_order[:, N - Q :]  # (B, Q): every hidden slot is among them
-        x, attn_mask = model.query_tokens(tokens, R + count - 1, query_slots)
-        pred = model.predict(b(x, context, cache, attn_mask=attn_mask[:, None])).float()
+        head = model.completion is not None
+        if head:  # and one completion token (the end query) for the whole map
+            asked = torch.cat([query_slots, query_slots.new_full((B, 1), N)], dim=1)
+        else:
+            asked = query_slots
+        x, attn_mask = model.query_tokens(tokens, R + count - 1, asked)
+        h = b(x, context, cache, attn_mask=attn_mask[:, None])
+        pred = model.predict(h[:, :Q]).float()
+        if head:  # two answers to the same question, from one pass: their mean
+            full = model.complete_from_tokens(h[:, Q:])[:, 0]
+            pred = (pred + full.gather(1, query_slots[..., None].expand(B, Q, P)).float()) / 2
         if model.tokenizer is not None and num_orders > 1:
             pred = pred.softmax(dim=-1)  # average probabilities, not logits
         if total is None:

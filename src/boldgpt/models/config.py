@@ -189,6 +189,14 @@ class IGPTConfig(PatchModelConfig):
         query_weight: with ``query_tokens``, the share of the loss given to the query
             predictions: loss = (1 - w) x next-patch loss + w x query loss. None: one
             mean over every prediction (the queries' share is then Q / (N + Q)).
+        completion_head: rank of a completion head (continuous shuffled models): a
+            completion token (the end query asked right after a prompt, as a one-pass
+            query token) whose output a low-rank linear map turns into every patch of
+            the map. Trained at ``COMPLETION_CUTS`` cuts of each training order to
+            predict all the patches after the cut; ``generate.complete(method="query")``
+            then averages its map with the per-slot queries. 0: off.
+        completion_weight: with ``completion_head``, the weight of its loss (MSE over
+            the hidden in-mask pixels) added to the next-patch loss.
     """
 
     shuffle: bool = True
@@ -196,6 +204,8 @@ class IGPTConfig(PatchModelConfig):
     order_mix: dict[str, float] = field(default_factory=lambda: {"random": 1.0})
     query_tokens: int = 0
     query_weight: float | None = None
+    completion_head: int = 0
+    completion_weight: float = 0.25
 
     model_class: ClassVar[str] = "IGPT"
 
@@ -227,6 +237,19 @@ class IGPTConfig(PatchModelConfig):
             raise ConfigError(
                 f"model config query_weight={self.query_weight}: expected a share in "
                 "[0, 1], with query_tokens > 0 (or None)"
+            )
+        if self.completion_head < 0 or (
+            self.completion_head
+            and (not self.shuffle or self.categorical or self.query_tokens or self.legacy_registers)
+        ):
+            raise ConfigError(
+                f"model config completion_head={self.completion_head}: expected 0, or a "
+                "positive rank for a continuous model with shuffle=True, without "
+                "query_tokens or legacy registers"
+            )
+        if not self.completion_weight >= 0:
+            raise ConfigError(
+                f"model config completion_weight={self.completion_weight}: expected >= 0"
             )
         # (frozen: normalise through object.__setattr__, the dataclass way)
         normalised = {k: float(w) / total for k, w in sorted(mix.items()) if float(w) > 0}

@@ -17,11 +17,18 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from boldgpt.models.config import IGPTConfig, PatchModelConfig
 from boldgpt.models.layers import KVCache
-from boldgpt.models.transformer import ModelOutput, PatchModel
+from boldgpt.models.transformer import ModelOutput, PatchModel, _trunc_normal_
 from boldgpt.patching import mixed_orders, permute, random_order
+
+COMPLETION_CUTS = 4
+"""Cuts per training sample at which a completion head is trained."""
+COMPLETION_PROMPT_SIZES = (0.1, 0.7)
+"""Shares of the slots observed before a random training cut: prompts of the sizes users
+give (a region, a hemisphere, most of a map), not a few patches or all but a few."""
 
 
 class IGPT(PatchModel):
@@ -57,6 +64,16 @@ class IGPT(PatchModel):
         # centre c_px = col * size + (size - 1) / 2 - left lies left of it iff col does
         left = p.padding[0]
         self.midline = (p.midline() + left - (p.patch_size - 1) / 2) / p.patch_size
+        self.completion: nn.Sequential | None = None
+        if config.completion_head:
+            # low rank: the completion token's output -> K coefficients -> every patch
+            K = config.completion_head
+            self.completion = nn.Sequential(
+                nn.Linear(config.embed_dim, K, bias=False), nn.Linear(K, p.num_patches * p.dim)
+            )
+            for m in self.completion:
+                _trunc_normal_(m.weight)
+            nn.init.zeros_(self.completion[1].bias)
 
     @classmethod
     def backbone_options(cls, config: PatchModelConfig) -> dict[str, Any]:
@@ -65,6 +82,19 @@ class IGPT(PatchModel):
             "next_pos_query": config.shuffle,
             "register_layout": "legacy_global" if config.legacy_registers else "prefix",
         }
+
+    def estimate_flops(self, context_len: int = 0) -> int:
+        """As :meth:`PatchModel.estimate_flops`, plus the completion tokens and head at
+        their ``COMPLETION_CUTS`` training cuts."""
+        flops = super().estimate_flops(context_len)
+        if self.completion is not None:
+            b = self.backbone
+            T = b.num_prefix + self.num_patches
+            per_token = sum(m.weight.numel() for m in b.modules() if isinstance(m, nn.Linear))
+            head = sum(m.weight.numel() for m in self.completion)
+            attention = 4 * len(b.blocks) * T * b.embed_dim
+            flops += COMPLETION_CUTS * (2 * per_token + attention + 2 * head)
+        return flops
 
     # ---- orders --------------------------------------------------------------------
 
@@ -192,23 +222,26 @@ class IGPT(PatchModel):
         A query token is that token with the next-position query of slot j instead;
         it attends to the tokens before ``last`` and to itself, which is what ``last``
         sees, so its output is the model's prediction for j placed right after the cut.
+        Slot N (the end query) asks for the rest of the map: a model's completion
+        token, read by its completion head.
 
         Args:
             tokens: (B, T, D) embedded sequence (prefix + patches, no queries added).
-            last: (B,) long, index of the cut's token in ``tokens``.
+            last: (B,) long, index of the cut's token in ``tokens``, or (B, Q) a cut
+                per query token.
             query_slots: (B, Q) the slots asked.
 
         Returns:
             (B, Q, D) the query tokens and (B, Q, T + Q) bool, what each may attend to
             among ``tokens`` followed by the query tokens.
         """
-        B, T = tokens.shape[:2]
+        B, T, D = tokens.shape
         Q = query_slots.shape[1]
-        rows = torch.arange(B, device=tokens.device)
-        x = tokens[rows, last][:, None] + self.backbone.queries(query_slots)
-        sees = torch.arange(T, device=tokens.device) < last[:, None]  # (B, T)
+        last = last.expand(Q, B).T if last.ndim == 1 else last  # (B, Q)
+        x = tokens.gather(1, last[..., None].expand(B, Q, D)) + self.backbone.queries(query_slots)
+        sees = torch.arange(T, device=tokens.device) < last[..., None]  # (B, Q, T)
         itself = torch.eye(Q, dtype=torch.bool, device=tokens.device).expand(B, Q, Q)
-        return x, torch.cat([sees[:, None].expand(B, Q, T), itself], dim=2)
+        return x, torch.cat([sees, itself], dim=2)
 
     def query_predictions(
         self,
@@ -222,27 +255,72 @@ class IGPT(PatchModel):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward pass giving the next-patch predictions of a whole sequence and,
         for each slot in ``query_slots`` (B, Q), its prediction from the first ``k``
-        patches of the order alone (an int, or (B,) a cut per sample; see
-        :meth:`query_tokens`): the one-pass query of
+        patches of the order alone (an int, (B,) a cut per sample or (B, Q) one per
+        query; see :meth:`query_tokens`): the one-pass query of
         ``generate.complete(method="query")``.
 
         Returns:
             (B, N + 1, C) as :meth:`decode` without a cache, and (B, Q, C).
         """
+        h, hq = self._with_query_tokens(seq, order, next_slots, subject_id, context, k, query_slots)
+        return self.predict(h), self.predict(hq)
+
+    def _with_query_tokens(
+        self,
+        seq: torch.Tensor,
+        order: torch.Tensor,
+        next_slots: torch.Tensor,
+        subject_id: torch.Tensor | None,
+        context: torch.Tensor | None,
+        k: int | torch.Tensor,
+        query_slots: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backbone outputs of :meth:`query_predictions`: (B, N + 1, D), (B, Q, D)."""
         b = self.backbone
         B, T = seq.shape[:2]
         R = b.num_prefix
         base = torch.cat([b.prefix(subject_id, B), b.embed_patches(seq, order)], dim=1)
         x = base + F.pad(b.queries(next_slots), (0, 0, R - 1, 0))
-        last = R - 1 + torch.as_tensor(k, device=seq.device).expand(B)
+        k = torch.as_tensor(k, device=seq.device)
+        last = R - 1 + (k.expand(B) if k.ndim < 2 else k)
         extra, query_mask = self.query_tokens(base, last, query_slots)
         L, Q = R + T, query_slots.shape[1]
         causal = torch.ones(L, L, dtype=torch.bool, device=seq.device).tril_()
         seq_mask = F.pad(causal, (0, Q)).expand(B, L, L + Q)  # the sequence never sees queries
         attn_mask = torch.cat([seq_mask, query_mask], dim=1)
         h = b(torch.cat([x, extra], dim=1), context, attn_mask=attn_mask[:, None])
-        out = self.predict(torch.cat([h[:, R - 1 : L], h[:, L:]], dim=1))
-        return out[:, : T + 1], out[:, T + 1 :]
+        return h[:, R - 1 : L], h[:, L:]
+
+    def complete_from_tokens(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The completion head: every patch (B, C, N, P), in slot order, from the
+        outputs (B, C, D) of completion tokens (end-query tokens, see
+        :meth:`query_tokens`)."""
+        if self.completion is None:
+            raise ValueError("this model has no completion head (config.completion_head=0)")
+        B, C = hidden.shape[:2]
+        return self.completion(hidden).view(B, C, self.num_patches, self.patchify.dim)
+
+    def completion_cuts(self, batch_size: int, cuts: torch.Tensor | None) -> torch.Tensor:
+        """(B, COMPLETION_CUTS) training cuts (observed patches, 1..N-1): at random
+        within ``COMPLETION_PROMPT_SIZES`` of the slots,
+        the first at a structured order's natural prompt where it has one (``cuts`` >
+        0, from :meth:`_mixed_orders`)."""
+        N = self.num_patches
+        lo, hi = (max(1, min(N - 1, round(f * N))) for f in COMPLETION_PROMPT_SIZES)
+        k = torch.randint(lo, hi + 1, (batch_size, COMPLETION_CUTS), device=self.device)
+        if cuts is not None:
+            k[:, 0] = torch.where(cuts > 0, cuts.clamp(1, N - 1), k[:, 0])
+        return k
+
+    def completion_loss(
+        self, predicted: torch.Tensor, patches: torch.Tensor, order: torch.Tensor, k: torch.Tensor
+    ) -> torch.Tensor:
+        """MSE of completions ``predicted`` (B, C, N, P) against ``patches`` (B, N, P),
+        both in slot order, over the in-mask pixels of the slots at steps >= k (B, C)
+        of ``order`` (B, N): what each cut hid."""
+        hidden = order.argsort(dim=1)[:, None, :] >= k[..., None]  # (B, C, N)
+        pixel_mask = hidden[..., None] & self.patchify.patch_mask
+        return self.masked_mse(predicted, patches[:, None].expand_as(predicted), pixel_mask)
 
     def init_cache(self) -> KVCache:
         """An empty KV cache for decoding full sequences (prefix + N patches); its
@@ -274,8 +352,10 @@ class IGPT(PatchModel):
         patches = self.patchify(maps)
         B, N = patches.shape[:2]
         Q = min(self.config.query_tokens, N - 1) if self.training else 0
+        head = self.completion is not None and self.training
         cuts = None
-        if Q and order is None and self.shuffle and self.config.order_mix != {"random": 1.0}:
+        mixed = self.shuffle and self.config.order_mix != {"random": 1.0}
+        if (Q or head) and order is None and mixed:
             order, cuts = self._mixed_orders(B)  # permutations by construction
         else:
             order = self.resolve_order(order, B)
@@ -302,6 +382,14 @@ class IGPT(PatchModel):
                 [seq, seq.gather(1, picked[..., None].expand(-1, -1, seq.shape[2]))], 1
             )
             slots = torch.cat([order, query_slots], dim=1)
+        elif head:
+            # completion tokens (end queries) at a few cuts, beside the sequence
+            k = self.completion_cuts(B, cuts)
+            end = order.new_full(k.shape, N)
+            h, hc = self._with_query_tokens(seq, order, next_slots, subject_id, context, k, end)
+            output = self.predict(h)[:, :N]
+            completion = self.completion_loss(self.complete_from_tokens(hc), patches, order, k)
+            predictions, targets, slots = output, seq, order
         else:
             output = self.decode(seq, order, next_slots, subject_id, context)[:, :N]
             predictions, targets, slots = output, seq, order  # the end query predicts nothing
@@ -331,6 +419,9 @@ class IGPT(PatchModel):
             loss = (1.0 - w) * loss_of(slice(0, N)) + w * query_loss
         else:
             loss = loss_of(slice(None))
+        if head:
+            metrics["completion_loss"] = completion.detach()
+            loss = loss + self.config.completion_weight * completion
         return ModelOutput(
             loss=loss, output=output, target=target, patches=patches, order=order, metrics=metrics
         )

@@ -535,7 +535,9 @@ class PatchModel(nn.Module):
         T = b.num_prefix + self.num_patches + (b.num_registers if b.num_prefix == 1 else 0)
         per_token, per_context = 0, 0
         for name, m in self.named_modules():
-            if isinstance(m, nn.Linear):
+            # (a completion head runs a few times per sample, not per token: its
+            # family counts it)
+            if isinstance(m, nn.Linear) and not name.startswith("completion."):
                 # the context's key/value projections run over the context, not the map
                 on_context = name.endswith(".cross.kv") or name.endswith("cross_embed")
                 if on_context:
