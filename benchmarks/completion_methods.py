@@ -8,7 +8,9 @@ hidden-pixel R² of one-pass completion (prompt in the fixed order; averaged ove
 16 random prompt orders) and of autoregressive completion (fixed order; prompt in a
 random order), with the seconds each took; and next-patch MSE in the fixed and in random
 orders on all 512 maps. The demo's own numbers are the "query x8" and "autoregressive"
-columns. Made the README's "one pass against autoregressive completion" table.
+columns. For a model with a completion head (``completion_head``), whose one pass
+averages the head's map with the per-slot queries, also the two parts alone, 8 prompt
+orders each. Made the README's "one pass against autoregressive completion" tables.
 """
 
 from __future__ import annotations
@@ -54,11 +56,30 @@ def score(model_dir: str, source: str) -> dict:
             r2 = tasks.hidden_r2(done, m, observed_px, mask)
             out["completion_r2"].setdefault(how, {})[name] = round(r2, 4)
             out["seconds"].setdefault(how, {})[name] = round(time.perf_counter() - start, 1)
+            if name == "query x8" and getattr(model, "completion", None) is not None:
+                parts = _head_parts(model, m, s, observed, done, **kwargs)
+                for part, pred in parts.items():
+                    r2 = tasks.hidden_r2(pred, m, observed_px, mask)
+                    out["completion_r2"][how][part] = round(r2, 4)
     for kind in ("fixed", "random"):
         orders = metrics.make_orders(kind, len(maps), p.num_patches, seed=EVAL_SEED)
         scores = metrics.model_next_patch_scores(model, maps, sids, orders)
         out["next_patch"][kind] = round(metrics.summarize(scores)["mse"], 4)
     return out
+
+
+def _head_parts(model, maps, sids, observed, both, **kwargs) -> dict:
+    """The per-slot queries alone (the head switched off) and the completion head alone
+    (the one pass is their mean, so the head's part is 2 x both - queries)."""
+    head, model.completion = model.completion, None
+    try:
+        gen = torch.Generator().manual_seed(EVAL_SEED)
+        queries = tasks.model_completions(
+            model, maps, sids, observed, "query", generator=gen, **kwargs
+        )
+    finally:
+        model.completion = head
+    return {"query x8, queries alone": queries, "query x8, head alone": 2 * both - queries}
 
 
 def main() -> None:
@@ -74,7 +95,10 @@ def main() -> None:
         results.append(r)
         print(f"{model_dir}: next-patch fixed / random {r['next_patch']}")
         for how, row in r["completion_r2"].items():
-            cells = ", ".join(f"{k} {v:+.4f} ({r['seconds'][how][k]} s)" for k, v in row.items())
+            secs = r["seconds"][how]
+            cells = ", ".join(
+                f"{k} {v:+.4f}" + (f" ({secs[k]} s)" if k in secs else "") for k, v in row.items()
+            )
             print(f"  {PROMPTS[how]}: {cells}")
     if args.out is not None:
         args.out.write_text(json.dumps(results, indent=1) + "\n")
