@@ -154,6 +154,17 @@ def _runs() -> list[Run]:
                 seed=1,
             )
         )
+    # the demo recipe with its completion head (commit 26c50b7) on the harder data
+    runs.append(
+        Run(
+            "nsdmask-micro-struct-head-1400",
+            "nsdmask",
+            "micro",
+            (DEMO_STEPS,),
+            model_kwargs={"completion_head": 128, "completion_weight": 0.25},
+            autoregressive=True,
+        )
+    )
     return runs
 
 
