@@ -506,6 +506,7 @@ def test_completion_tokens_ask_the_end_query_after_each_cut(monkeypatch, num_reg
         next_mse = ((out.output - out.target) ** 2 * m).sum() / m.sum()
     torch.testing.assert_close(out.metrics["completion_loss"], torch.tensor(err / sq))
     torch.testing.assert_close(out.loss, next_mse + 0.5 * out.metrics["completion_loss"])
+    torch.testing.assert_close(out.metrics["next_patch_loss"], next_mse)
 
 
 def test_completion_tokens_are_cut_at_a_hemisphere_orders_first_side(monkeypatch):
@@ -577,3 +578,19 @@ def test_completion_head_needs_a_continuous_shuffled_model():
     ):
         with pytest.raises(ConfigError, match="completion_"):
             IGPTConfig(**bad)
+
+
+def test_loss_curves_draw_the_next_patch_part_of_a_train_loss_with_a_head():
+    """A model with a completion head logs a train loss that adds the head's; the
+    training figure draws its next-patch part, which compares with validation."""
+    from boldgpt.viz.train import loss_curves_figure
+
+    records = [
+        {"step": 10, "split": "train", "loss": 1.2, "next_patch_loss": 0.9},
+        {"step": 20, "split": "train", "loss": 1.1},  # a model without one
+        {"step": 20, "split": "val", "loss": 0.8},
+    ]
+    fig = loss_curves_figure(records)
+    train, val = fig.axes[0].get_lines()[:2]
+    assert list(train.get_ydata()) == [0.9, 1.1]
+    assert list(val.get_ydata()) == [0.8]

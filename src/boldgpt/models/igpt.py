@@ -420,6 +420,7 @@ class IGPT(PatchModel):
         else:
             loss = loss_of(slice(None))
         if head:
+            metrics["next_patch_loss"] = loss.detach()  # (the loss below adds the head's)
             metrics["completion_loss"] = completion.detach()
             loss = loss + self.config.completion_weight * completion
         return ModelOutput(

@@ -341,10 +341,16 @@ def loss_curves_figure(
     ylabel: str = "loss",
 ) -> Figure:
     """Train and validation loss against step (from ``log.jsonl`` records), with
-    horizontal lines for baselines (name -> loss)."""
+    horizontal lines for baselines (name -> loss). A train record's ``next_patch_loss``,
+    where the model logs one (its loss then adds other terms, e.g. a completion head's),
+    is drawn instead of its loss, so that it compares with the validation loss."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for split, style in (("train", "-"), ("val", "o-")):
-        pts = [(r["step"], r["loss"]) for r in records if r.get("split") == split and "loss" in r]
+        pts = [
+            (r["step"], r.get("next_patch_loss", r["loss"]))
+            for r in records
+            if r.get("split") == split and "loss" in r
+        ]
         if pts:
             steps, losses = zip(*pts)
             ax.plot(steps, losses, style, label=split, lw=1.2, ms=3)
