@@ -139,7 +139,9 @@ def complete(
         num_steps: rounds of parallel decoding (BEiT; default min(N, 16)).
         generator: RNG for orders, tokens and noise (default: torch's global RNG).
         method: autoregressive models: ``"query"`` (one pass: each hidden patch
-            predicted from the observed ones only; the default for shuffled models)
+            predicted from the observed ones only, by its own query and, in a model
+            with a completion head, averaged with the head's map; the default for
+            shuffled models)
             or ``"autoregressive"`` (one patch at a time in ``order``; the default for
             fixed-order models and models with legacy registers, which cannot be
             queried). BEiT models decode in parallel and take None. With

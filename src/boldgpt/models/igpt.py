@@ -302,9 +302,9 @@ class IGPT(PatchModel):
 
     def completion_cuts(self, batch_size: int, cuts: torch.Tensor | None) -> torch.Tensor:
         """(B, COMPLETION_CUTS) training cuts (observed patches, 1..N-1): at random
-        within ``COMPLETION_PROMPT_SIZES`` of the slots,
-        the first at a structured order's natural prompt where it has one (``cuts`` >
-        0, from :meth:`_mixed_orders`)."""
+        within ``COMPLETION_PROMPT_SIZES`` of the slots, except the first of a
+        structured order with a natural prompt (``cuts`` > 0, from
+        :meth:`_mixed_orders`), which is cut there."""
         N = self.num_patches
         lo, hi = (max(1, min(N - 1, round(f * N))) for f in COMPLETION_PROMPT_SIZES)
         k = torch.randint(lo, hi + 1, (batch_size, COMPLETION_CUTS), device=self.device)
