@@ -252,6 +252,8 @@ class IGPT(PatchModel):
         context: torch.Tensor | None,
         k: int | torch.Tensor,
         query_slots: torch.Tensor,
+        *,
+        hidden: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward pass giving the next-patch predictions of a whole sequence and,
         for each slot in ``query_slots`` (B, Q), its prediction from the first ``k``
@@ -260,22 +262,10 @@ class IGPT(PatchModel):
         ``generate.complete(method="query")``.
 
         Returns:
-            (B, N + 1, C) as :meth:`decode` without a cache, and (B, Q, C).
+            (B, N + 1, C) as :meth:`decode` without a cache, and (B, Q, C); with
+            ``hidden``, the backbone outputs before the head instead, (B, N + 1, D) and
+            (B, Q, D) (what a completion head reads).
         """
-        h, hq = self._with_query_tokens(seq, order, next_slots, subject_id, context, k, query_slots)
-        return self.predict(h), self.predict(hq)
-
-    def _with_query_tokens(
-        self,
-        seq: torch.Tensor,
-        order: torch.Tensor,
-        next_slots: torch.Tensor,
-        subject_id: torch.Tensor | None,
-        context: torch.Tensor | None,
-        k: int | torch.Tensor,
-        query_slots: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Backbone outputs of :meth:`query_predictions`: (B, N + 1, D), (B, Q, D)."""
         b = self.backbone
         B, T = seq.shape[:2]
         R = b.num_prefix
@@ -289,7 +279,8 @@ class IGPT(PatchModel):
         seq_mask = F.pad(causal, (0, Q)).expand(B, L, L + Q)  # the sequence never sees queries
         attn_mask = torch.cat([seq_mask, query_mask], dim=1)
         h = b(torch.cat([x, extra], dim=1), context, attn_mask=attn_mask[:, None])
-        return h[:, R - 1 : L], h[:, L:]
+        h, hq = h[:, R - 1 : L], h[:, L:]
+        return (h, hq) if hidden else (self.predict(h), self.predict(hq))
 
     def complete_from_tokens(self, hidden: torch.Tensor) -> torch.Tensor:
         """The completion head: every patch (B, C, N, P), in slot order, from the
@@ -386,7 +377,9 @@ class IGPT(PatchModel):
             # completion tokens (end queries) at a few cuts, beside the sequence
             k = self.completion_cuts(B, cuts)
             end = order.new_full(k.shape, N)
-            h, hc = self._with_query_tokens(seq, order, next_slots, subject_id, context, k, end)
+            h, hc = self.query_predictions(
+                seq, order, next_slots, subject_id, context, k, end, hidden=True
+            )
             output = self.predict(h)[:, :N]
             completion = self.completion_loss(self.complete_from_tokens(hc), patches, order, k)
             predictions, targets, slots = output, seq, order
