@@ -65,6 +65,22 @@ def test_cpu_dequantize_never_overwrites_a_batch_still_held():
     assert len(pointers) == 1
 
 
+def test_cpu_dequantize_exact_when_split_over_threads(monkeypatch):
+    # large batches are converted in spans by two threads: every value is written once,
+    # with the right value, whatever the span and chunk boundaries
+    import boldgpt.data.transforms as transforms
+
+    if transforms._conversion_pool() is None:
+        pytest.skip("one CPU core: no conversion threads")
+    monkeypatch.setattr(transforms, "_CPU_CHUNK_NUMEL", 5)
+    monkeypatch.setattr(transforms, "_CPU_PARALLEL_MIN_NUMEL", 100)
+    g = torch.Generator().manual_seed(3)
+    for n in (100, 101, 997):  # spans of 15 and 65 values: a short last span
+        codes = torch.randint(0, 256, (n,), dtype=torch.uint8, generator=g)
+        out = dequantize(codes)
+        np.testing.assert_array_equal(out.numpy(), schema.dequantize(codes.numpy()))
+
+
 def test_cpu_dequantize_exact_across_conversion_chunks(monkeypatch):
     # a chunk boundary inside a map (7 values a pass) must not change any value
     import boldgpt.data.transforms as transforms
