@@ -59,6 +59,7 @@ BATCH = 16
 DEMO_STEPS = 1400
 STRUCT_MIX = {"random": 0.5, "outward": 0.25, "hemisphere": 0.25}
 MILD_MIX = {"random": 0.75, "outward": 0.125, "hemisphere": 0.125}
+HEAD = {"completion_head": 128, "completion_weight": 0.25}  # the demo's completion head
 
 SIZES: dict[str, dict[str, int]] = {
     "nano": {"embed_dim": 64, "depth": 3, "num_heads": 2},
@@ -161,10 +162,25 @@ def _runs() -> list[Run]:
             "nsdmask",
             "micro",
             (DEMO_STEPS,),
-            model_kwargs={"completion_head": 128, "completion_weight": 0.25},
+            model_kwargs=dict(HEAD),
             autoregressive=True,
         )
     )
+    # the head recipe's own compute curve (the only one that trains the one pass on
+    # completion directly): one warmup-stable-decay run per dataset, annealed at a
+    # quarter of the demo's compute up to four times it
+    for ds in ("demo", "nsdmask"):
+        runs.append(
+            Run(
+                f"{ds}-micro-struct-head-wsd",
+                ds,
+                "micro",
+                (350, 700, DEMO_STEPS, 2 * DEMO_STEPS, 4 * DEMO_STEPS),
+                "wsd",
+                model_kwargs=dict(HEAD),
+                autoregressive=True,
+            )
+        )
     return runs
 
 
@@ -474,14 +490,21 @@ def baseline_value(base: dict[str, Any], key: str, method: str) -> float:
 
 
 def curves(results: list[dict[str, Any]], dataset: str) -> dict[str, list[tuple[int, dict]]]:
-    """Points (steps, point) per size along the structured-mix recipe without
-    regularisation (the runs the curves are fitted to)."""
+    """Points (steps, point) per curve along the structured-mix recipe without
+    regularisation (the runs the curves are fitted to): one curve per size, plus
+    ``"micro + head"`` for the micro model with the demo's completion head."""
     out: dict[str, list[tuple[int, dict]]] = {}
     for r in results:
         run = r["run"]
-        if run["dataset"] != dataset or run["order_mix"] != STRUCT_MIX or run["model_kwargs"]:
+        if run["dataset"] != dataset or run["order_mix"] != STRUCT_MIX:
             continue
-        out.setdefault(run["size"], []).extend((p["steps"], p) for p in r["points"])
+        if not run["model_kwargs"]:
+            curve = run["size"]
+        elif run["model_kwargs"] == HEAD and run["schedule"] == "wsd":
+            curve = f"{run['size']} + head"
+        else:
+            continue
+        out.setdefault(curve, []).extend((p["steps"], p) for p in r["points"])
     return {s: sorted(v, key=lambda t: t[0]) for s, v in out.items()}
 
 
@@ -500,6 +523,7 @@ def report(out: Path, figure: Path, data_root: Path) -> dict[str, Any]:
     summary: dict[str, Any] = {"runs": results, "datasets": {}, "demo_steps": DEMO_STEPS}
     fig, axes = plt.subplots(len(datasets), 4, figsize=(18, 4.2 * len(datasets)), squeeze=False)
     colors = {"nano": "tab:green", "micro": "tab:blue", "mini": "tab:purple"}
+    colors["micro + head"] = "tab:red"
     for row, ds in enumerate(datasets):
         base = json.loads((out / f"baselines_{ds}.json").read_text())
         per_size = curves(results, ds)
@@ -523,7 +547,7 @@ def report(out: Path, figure: Path, data_root: Path) -> dict[str, Any]:
                         (
                             point_value(p, key)
                             for s_, p in pts
-                            if size == "micro" and s_ == DEMO_STEPS
+                            if size.startswith("micro") and s_ == DEMO_STEPS
                         ),
                         None,
                     ),
