@@ -276,6 +276,23 @@ def test_schedule_warmup_then_cosine():
     assert lr_factor(20, cfg) == pytest.approx(0.1)
 
 
+def test_schedule_warmup_stable_decay():
+    cfg = config_from_dict(
+        {
+            "optim": {"lr": 1.0, "min_lr": 0.1, "warmup_steps": 2, "schedule": "wsd",
+                      "decay_fraction": 0.3},
+            "train": {"max_steps": 10},
+        }
+    )  # fmt: skip
+    # warmup over 2 steps, constant to step 7 (10 - 3), then a straight line to 0.1 at 10
+    expected = [0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.7, 0.4, 0.1, 0.1]
+    assert [lr_factor(s, cfg) for s in range(12)] == pytest.approx(expected)
+    with pytest.raises(ConfigError, match="optim.decay_fraction"):
+        config_from_dict({"optim": {"schedule": "wsd", "decay_fraction": 0.0}})
+    with pytest.raises(ConfigError, match="optim.schedule"):
+        config_from_dict({"optim": {"schedule": "linear"}})
+
+
 def test_learning_rates_follow_schedule_and_groups(tmp_path):
     run(toy_config(tmp_path, optim={"lr": 1e-2, "min_lr": 1e-3, "warmup_steps": 2}))
     logged = [r["lr"] for r in read_log(tmp_path) if r["split"] == "train"]

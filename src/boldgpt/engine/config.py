@@ -41,6 +41,7 @@ from boldgpt.utils.hub import is_hub_id
 from boldgpt.utils.io import atomic_write
 
 Precision = Literal["fp32", "bf16", "fp16"]
+Schedule = Literal["cosine", "wsd"]
 
 
 @dataclass
@@ -102,12 +103,18 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with a linear warmup and a cosine decay of the learning rate."""
+    """AdamW with a linear warmup, then a cosine or a warmup-stable-decay schedule."""
 
     lr: float = 1e-3
     """Peak learning rate (reached after warmup)."""
     min_lr: float = 1e-5
-    """Learning rate at the end of the cosine decay."""
+    """Learning rate at the end of the decay."""
+    schedule: Schedule = "cosine"
+    """After warmup: ``cosine``, a cosine decay to ``min_lr`` over the rest of the run;
+    ``wsd`` (warmup-stable-decay), ``lr`` held constant, then a linear decay to
+    ``min_lr`` over the last ``decay_fraction`` of the run."""
+    decay_fraction: float = 0.2
+    """``wsd`` only: the share of ``train.max_steps`` spent decaying."""
     weight_decay: float = 0.05
     """Applied to weight matrices only (not biases, norms, embeddings, queries)."""
     betas: tuple[float, float] = (0.9, 0.95)
@@ -208,6 +215,10 @@ class TrainConfig:
         if not 0 <= self.optim.min_lr <= self.optim.lr:
             raise ConfigError(
                 f"optim.min_lr must be in [0, optim.lr={self.optim.lr}]; got {self.optim.min_lr}"
+            )
+        if not 0 < self.optim.decay_fraction <= 1:
+            raise ConfigError(
+                f"optim.decay_fraction must be in (0, 1]; got {self.optim.decay_fraction}"
             )
         if self.optim.warmup_steps > self.train.max_steps:
             raise ConfigError(

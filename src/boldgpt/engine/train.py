@@ -408,12 +408,20 @@ def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device):
 
 def lr_factor(step: int, config: TrainConfig) -> float:
     """Learning-rate multiplier at ``step``: linear warmup from 0 to 1 over
-    ``warmup_steps``, then cosine decay to ``min_lr / lr`` at ``max_steps``."""
+    ``warmup_steps``, then to ``min_lr / lr`` at ``max_steps`` by a cosine (``cosine``)
+    or, for ``wsd``, 1 until the last ``decay_fraction`` of the run and a straight line
+    from there."""
     cfg = config.optim
     total, warmup = config.train.max_steps, cfg.warmup_steps
     if step < warmup:
         return (step + 1) / warmup
     floor = cfg.min_lr / cfg.lr
+    if cfg.schedule == "wsd":
+        decay_start = max(total - round(cfg.decay_fraction * total), warmup)
+        if step < decay_start:
+            return 1.0
+        progress = min((step - decay_start) / max(total - decay_start, 1), 1.0)
+        return 1.0 - (1.0 - floor) * progress
     progress = min((step - warmup) / max(total - warmup, 1), 1.0)
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
