@@ -59,6 +59,8 @@ BATCH = 16
 DEMO_STEPS = 1400
 STRUCT_MIX = {"random": 0.5, "outward": 0.25, "hemisphere": 0.25}
 MILD_MIX = {"random": 0.75, "outward": 0.125, "hemisphere": 0.125}
+MIN_LR = 1e-4  # the final learning rate of every run
+WSD_DECAY = 0.2  # wsd runs: the share of each budget spent decaying
 HEAD = {"completion_head": 128, "completion_weight": 0.25}  # the demo's completion head
 
 SIZES: dict[str, dict[str, int]] = {
@@ -236,7 +238,7 @@ def train_config(run: Run, out_dir: Path, source: str) -> Any:
             "lr": lr,
             # wsd: constant after warmup in the Trainer's own schedule; the decay
             # branches set their own rates (see _Schedule)
-            "min_lr": lr if run.schedule == "wsd" else 1e-4,
+            "min_lr": lr if run.schedule == "wsd" else MIN_LR,
             "weight_decay": 0.05,
             "warmup_steps": run.warmup,
         },
@@ -255,20 +257,26 @@ def train_config(run: Run, out_dir: Path, source: str) -> Any:
 
 
 class _Schedule:
-    """Warmup-stable-decay learning-rate factor: linear warmup, constant, then (from
-    ``decay_start``) linear to ``floor`` at ``end``."""
+    """The Trainer's warmup-stable-decay factor (``engine.train.lr_factor``: warmup,
+    constant, a linear decay to ``MIN_LR`` over the last ``WSD_DECAY`` of a run)
+    with a movable end: ``end`` None holds the rate after warmup (the trunk); a budget
+    decays into it (a decay branch)."""
 
-    def __init__(self, warmup: int, floor: float):
-        self.warmup, self.floor = warmup, floor
-        self.decay_start, self.end = 10**9, 10**9 + 1
+    def __init__(self, config: Any):
+        from boldgpt.engine.train import lr_factor
+
+        self.lr_factor = lr_factor
+        self.config = copy.deepcopy(config)
+        self.config.optim.schedule = "wsd"
+        self.config.optim.min_lr, self.config.optim.decay_fraction = MIN_LR, WSD_DECAY
+        self.end: int | None = None
+
+    def decay_start(self, budget: int) -> int:
+        return budget - round(WSD_DECAY * budget)
 
     def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / self.warmup
-        if step < self.decay_start:
-            return 1.0
-        t = min((step - self.decay_start) / max(self.end - self.decay_start, 1), 1.0)
-        return 1.0 - (1.0 - self.floor) * t
+        self.config.train.max_steps = self.end if self.end is not None else 10**12
+        return self.lr_factor(step, self.config)
 
 
 def train_and_evaluate(run: Run, out: Path, data_root: Path) -> dict[str, Any]:
@@ -287,16 +295,16 @@ def train_and_evaluate(run: Run, out: Path, data_root: Path) -> dict[str, Any]:
     val_maps, val_sids, _ = load_split_maps(source, "val", EVAL_MAPS, seed=EVAL_SEED)
     sched = None
     if run.schedule == "wsd":
-        sched = _Schedule(run.warmup, 1e-4 / config.optim.lr)
+        sched = _Schedule(config)
         trainer.scheduler.lr_lambdas = [sched] * len(trainer.optimizer.param_groups)
     points, train_s, t0 = [], 0.0, time.perf_counter()
     budgets = sorted(run.budgets)
     stops = sorted({*budgets, *run.midway})
     for budget in stops:
         annealed = budget in budgets
-        decay_start = budget - round(0.2 * budget) if sched and annealed else budget
+        decay_start = sched.decay_start(budget) if sched and annealed else budget
         if sched:
-            sched.decay_start, sched.end = decay_start, budget
+            sched.end = budget if annealed else None
         while trainer.global_step < decay_start:
             _step(trainer, run.name)
         fork = sched is not None and budget != stops[-1]
@@ -321,7 +329,7 @@ def train_and_evaluate(run: Run, out: Path, data_root: Path) -> dict[str, Any]:
         if saved is not None:
             trainer.load_state_dict(saved, where="decay branch fork")
             if sched:
-                sched.decay_start = 10**9
+                sched.end = None
         t0 = time.perf_counter()
     trainer.logger.close()
     from boldgpt.models.registry import save_model
