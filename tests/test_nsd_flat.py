@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import sys
 import time
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -243,13 +245,19 @@ def test_unreachable_hub_fails_fast(monkeypatch):
     assert time.perf_counter() - start < 5
 
 
-def test_sim_source_generates_once_into_boldgpt_home(tmp_path, monkeypatch):
+def test_sim_source_generates_once_into_boldgpt_home(tmp_path, monkeypatch, capsys):
+    from boldgpt.sim import presets  # imported before the package is replaced below
+
     calls = []
 
     def fake_simulate(out_dir, preset="demo", *, seed=0, overwrite=False, progress=True, **kw):
         calls.append((Path(out_dir), preset, seed))
+        if overwrite:
+            shutil.rmtree(out_dir)
         build_tiny_nsd(Path(out_dir), subjects=(0,), sessions=2, with_mask=True)
-        (Path(out_dir) / "simulation.json").write_text(json.dumps({"preset": preset}))
+        design = presets.generated_design_id(presets.PRESETS[preset].design)
+        identity = {"version": presets.VERSION, "preset": preset, "seed": seed, "design": design}
+        (Path(out_dir) / "simulation.json").write_text(json.dumps({"identity": identity}))
         return Path(out_dir)
 
     fake = types.ModuleType("boldgpt.sim")
@@ -265,6 +273,17 @@ def test_sim_source_generates_once_into_boldgpt_home(tmp_path, monkeypatch):
     assert np.array_equal(nsd_flat.load_mask("sim:ci"), tiny_mask())
     with pytest.raises(ConfigError, match="sim:<preset>"):
         nsd_flat.resolve_source("sim:ci:x")
+    # A dataset written by an older preset (another schedule) is simulated again, once.
+    ci = presets.PRESETS["ci"]
+    monkeypatch.setitem(
+        presets.PRESETS, "ci", replace(ci, design=replace(ci.design, shared_images=40))
+    )
+    calls.clear()
+    nsd_flat.resolve_source("sim:ci", progress=True)
+    assert calls == [(src.root, "ci", 0)]
+    assert "holds an older version of the 'ci' preset" in capsys.readouterr().err
+    nsd_flat.resolve_source("sim:ci", progress=False)
+    assert len(calls) == 1
 
 
 @pytest.mark.slow

@@ -486,3 +486,17 @@ def test_shipped_named_mask_is_the_simulators_default_mask():
 def test_data_layer_knows_the_simulators_presets():
     assert set(SIM_PRESETS) == set(PRESETS)
     assert parse_source("sim:ci").preset == "ci"
+
+
+def test_a_dataset_is_current_only_for_the_preset_that_wrote_it(ci, monkeypatch):
+    from boldgpt.sim.presets import is_current
+
+    assert is_current(ci, "ci", seed=0)
+    assert not is_current(ci, "ci", seed=1)
+    assert not is_current(ci, "demo", seed=0)
+    assert not is_current(ci.parent / "missing", "ci", seed=0)
+    # The preset's schedule changed since the dataset was written: it must be rewritten.
+    spec = PRESETS["ci"]
+    changed = dataclasses.replace(spec.design, shared_images=spec.design.shared_images + 1)
+    monkeypatch.setitem(PRESETS, "ci", dataclasses.replace(spec, design=changed))
+    assert not is_current(ci, "ci", seed=0)

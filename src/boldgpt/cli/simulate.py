@@ -26,7 +26,7 @@ categories with boxes and captions.
 
 presets:
   ci     600 maps, 2 subjects, 170 stimuli (seconds; for tests)
-  demo   10,000 maps, 4 subjects, ~2,700 stimuli (under a minute; default data)
+  demo   12,000 maps, 4 subjects, ~2,900 stimuli, 360 shared (about 30 s; default data)
   full   213,000 maps, 8 subjects, 73,000 stimuli: NSD's size (streamed to shards)
 
 examples:

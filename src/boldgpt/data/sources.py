@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -195,9 +196,12 @@ def sim_dir(preset: str, seed: int = 0) -> Path:
 
 def _resolve_sim(spec: SourceSpec, progress: bool) -> Path:
     out_dir = sim_dir(spec.preset, spec.seed)
-    if _sim_ready(out_dir):
+    # The data layer's calls into the simulator, imported only here: its light presets
+    # table on every use, the generator only to write the dataset.
+    from boldgpt.sim.presets import is_current
+
+    if _sim_ready(out_dir) and is_current(out_dir, spec.preset, spec.seed):
         return out_dir
-    # The one call from the data layer into the simulator, imported only here.
     try:
         from boldgpt.sim import simulate_dataset
     except ImportError as exc:
@@ -207,7 +211,13 @@ def _resolve_sim(spec: SourceSpec, progress: bool) -> Path:
         ) from exc
     # Several processes (e.g. torchrun ranks) may ask for the same dataset at once.
     with file_lock(out_dir.with_name(f".{out_dir.name}.lock")):
-        if not _sim_ready(out_dir):
+        if not (_sim_ready(out_dir) and is_current(out_dir, spec.preset, spec.seed)):
+            if _sim_ready(out_dir) and progress:
+                print(
+                    f"{spec.text}: {out_dir} holds an older version of the {spec.preset!r} "
+                    "preset; simulating it again",
+                    file=sys.stderr,
+                )
             simulate_dataset(
                 out_dir, spec.preset, seed=spec.seed, overwrite=out_dir.exists(), progress=progress
             )

@@ -8,10 +8,11 @@ correlated noise at a chosen SNR. The noiseless maps are kept, so models trained
 the data can be scored against the truth.
 
     from boldgpt.sim import simulate_dataset, load_ground_truth
-    root = simulate_dataset("sim-demo", "demo")                 # 10,000 maps
+    root = simulate_dataset("sim-demo", "demo")                 # 12,000 maps
     truth = load_ground_truth(root, subject_id=0, nsd_ids=[...]) # (n, 215, 200)
 
-Modules: ``geometry`` (mask, atlas), ``design`` (schedule), ``stimuli`` / ``scenes`` /
+Modules: ``presets`` (named sizes, dataset identity), ``geometry`` (mask, atlas),
+``design`` (schedule), ``stimuli`` / ``scenes`` /
 ``painter`` / ``objects`` / ``categories`` (pictures), ``features`` (what the brain
 sees), ``forward`` (noiseless maps), ``noise`` (noise, z-scoring), ``store`` (rendering
 every stimulus once), ``trials`` (a subject's maps and rows), ``writer`` (parquet, PNG,
@@ -28,8 +29,8 @@ from boldgpt.utils.lazy import lazy_exports
 _LAZY = {
     "default_mask": "boldgpt.sim.geometry",
     "simulate_dataset": "boldgpt.sim.simulator",
-    "PRESETS": "boldgpt.sim.simulator",
-    "Preset": "boldgpt.sim.simulator",
+    "PRESETS": "boldgpt.sim.presets",
+    "Preset": "boldgpt.sim.presets",
     "DEFAULT_SNR": "boldgpt.sim.simulator",
     "load_ground_truth": "boldgpt.sim.truth",
     "load_stimulus_truth": "boldgpt.sim.truth",

@@ -22,55 +22,10 @@ import pandas as pd
 
 from boldgpt.data import schema
 from boldgpt.errors import DataError
+from boldgpt.sim.presets import MAX_REPETITIONS, DesignSpec
 
 _DESIGN = 0xDE51  # random stream id of designs
-MAX_REPETITIONS = 3
 COLUMNS = ("subject_id", "session_id", "trial_id", "nsd_id", "shared1000", "split")
-
-
-@dataclass(frozen=True)
-class DesignSpec:
-    """Shape of a generated NSD-like experiment.
-
-    Attributes:
-        sessions: sessions of each of the 8 possible subjects (NSD: 40, 40, 32, 30, 40,
-            32, 40, 30; subjects who stopped early saw some images fewer times).
-        trials_per_session: trials per session (NSD: 750).
-        images_per_subject: distinct images planned per subject, each shown
-            ``repetitions`` times (NSD: 10,000).
-        shared_images: images every subject is planned to see (NSD: 1,000); the rest
-            of a subject's images are seen by that subject only.
-        test_sessions: last sessions of each subject that form the hub ``test`` split
-            (NSD-Flat: 3).
-    """
-
-    sessions: tuple[int, ...]
-    trials_per_session: int
-    images_per_subject: int
-    shared_images: int
-    test_sessions: int
-    repetitions: int = MAX_REPETITIONS
-
-    def __post_init__(self):
-        if len(self.sessions) != schema.NUM_NSD_SUBJECTS or min(self.sessions) < 1:
-            raise ValueError(
-                f"sessions must give >= 1 session for each of 8 subjects; got {self.sessions}"
-            )
-        if not 0 <= self.test_sessions < min(self.sessions):
-            raise ValueError(
-                f"test_sessions must leave at least one training session; got "
-                f"{self.test_sessions} with {min(self.sessions)} sessions"
-            )
-        if not 0 <= self.shared_images <= self.images_per_subject:
-            raise ValueError("shared_images must be between 0 and images_per_subject")
-        if not 1 <= self.repetitions <= MAX_REPETITIONS:
-            raise ValueError(f"repetitions must be 1..{MAX_REPETITIONS}")
-        own = self.images_per_subject - self.shared_images
-        if self.shared_images + schema.NUM_NSD_SUBJECTS * own > schema.NUM_NSD_IMAGES:
-            raise ValueError(
-                f"{self.shared_images} shared + 8 x {own} own images exceed the "
-                f"{schema.NUM_NSD_IMAGES} NSD ids"
-            )
 
 
 @dataclass

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +30,20 @@ from boldgpt.data import schema
 from boldgpt.errors import ConfigError, DataError
 from boldgpt.sim import categories as cats
 from boldgpt.sim import forward, noise
-from boldgpt.sim.design import Design, DesignSpec, generate_design, load_design
+from boldgpt.sim.design import Design, generate_design, load_design
 from boldgpt.sim.features import (
     category_drives,
     contrast_features,
     reduce_image,
 )
 from boldgpt.sim.geometry import default_mask
+from boldgpt.sim.presets import (
+    PRESETS,
+    VERSION,
+    Preset,
+    existing_identity,
+    generated_design_id,
+)
 from boldgpt.sim.stimuli import DEFAULT_IMAGE_SIZE, render_stimulus
 from boldgpt.sim.store import StimulusStore
 from boldgpt.sim.trials import write_subject
@@ -46,8 +52,6 @@ from boldgpt.sim.writer import SplitWriter, dataset_card
 from boldgpt.utils.io import atomic_dir, file_lock, write_json
 from boldgpt.utils.threads import cpu_threads
 
-VERSION = 1
-"""Generator version, stored in simulation.json; bump it when the output changes."""
 DEFAULT_SNR = 0.5
 """Default mean single-trial SNR (signal variance / noise variance) over mask pixels:
 a repeat-to-repeat correlation of about 0.3, within NSD's range for visual cortex
@@ -55,55 +59,6 @@ a repeat-to-repeat correlation of about 0.3, within NSD's range for visual corte
 to learn in minutes."""
 NUM_CALIBRATION = 256
 _CALIBRATION_BASE = 10_000_000  # stimulus ids of the calibration set (not NSD ids)
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A named dataset size.
-
-    Attributes:
-        design: the generated schedule.
-        subjects: number of subjects simulated by default (the first ones).
-        max_trials: with a design file, subsample it to about this many trials.
-        rows_per_shard: parquet rows per shard.
-    """
-
-    name: str
-    description: str
-    design: DesignSpec
-    subjects: int
-    max_trials: int | None
-    rows_per_shard: int
-
-
-PRESETS: dict[str, Preset] = {
-    "ci": Preset(
-        "ci",
-        "600 maps: 2 subjects x 3 sessions x 100 trials, 170 stimuli (with a design file: "
-        "300 trials); for tests (seconds)",
-        DesignSpec((3,) * 8, 100, 100, 30, test_sessions=1),
-        subjects=2,
-        max_trials=300,
-        rows_per_shard=1000,
-    ),
-    "demo": Preset(
-        "demo",
-        "10,000 maps: 4 subjects x 10 sessions x 250 trials, ~2,700 stimuli (under a minute)",
-        DesignSpec((10,) * 8, 250, 834, 200, test_sessions=1),
-        subjects=4,
-        max_trials=10_000,
-        rows_per_shard=2500,
-    ),
-    "full": Preset(
-        "full",
-        "NSD size: 213,000 maps, 8 subjects, 30-40 sessions of 750 trials, 73,000 stimuli",
-        DesignSpec((40, 40, 32, 30, 40, 32, 40, 30), 750, 10_000, 1_000, test_sessions=3),
-        subjects=8,
-        max_trials=None,
-        rows_per_shard=4000,
-    ),
-}
-"""Dataset sizes: ``ci``, ``demo`` (the default data of every command) and ``full``."""
 
 
 def resolve_mask(mask: np.ndarray | str | os.PathLike | None) -> tuple[np.ndarray, dict]:
@@ -232,6 +187,7 @@ def simulate_dataset(
         ids = list(range(subj)) if isinstance(subj, int) else subj
         sched = generate_design(spec.design, ids, seed)
         design_info = {"source": "generated", **asdict(spec.design)}
+        design_id = generated_design_id(spec.design)
     else:
         sched = load_design(design, subjects=subj, max_trials=spec.max_trials, seed=seed)
         design_info = {
@@ -239,6 +195,7 @@ def simulate_dataset(
             "sha256": _sha(design),
             "max_trials": spec.max_trials,
         }
+        design_id = design_info["sha256"]
     identity = {
         "version": VERSION,
         "preset": spec.name,
@@ -247,11 +204,11 @@ def simulate_dataset(
         "subjects": sched.subjects,
         "image_size": size,
         "mask": mask_info["sha256"],
-        "design": design_info.get("sha256", "generated"),
+        "design": design_id,
     }
     out = Path(out_dir)
     with file_lock(out.with_name(f".{out.name}.simulating.lock")):
-        existing = _existing_identity(out)
+        existing = existing_identity(out)
         if existing is None and out.exists() and any(out.iterdir()):
             raise ConfigError(
                 f"refusing to write to {out}: it is not empty and is not a simulated dataset "
@@ -291,13 +248,6 @@ def calibration_set(seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     features = features.astype(np.float16).astype(np.float32)
     drives = category_drives(cal)
     return features, drives
-
-
-def _existing_identity(out: Path) -> dict | None:
-    try:
-        return json.loads((out / "simulation.json").read_text())["identity"]
-    except (FileNotFoundError, NotADirectoryError, KeyError, json.JSONDecodeError):
-        return None
 
 
 def _generate(
