@@ -234,7 +234,7 @@ def test_cli_list_models(capsys):
     assert presets["boldgpt_small_patch10"]["embed_dim"] == 384
 
 
-def test_format_1_model_directory_loads_with_identical_outputs():
+def test_format_1_model_directory_loads_with_the_same_outputs():
     """tests/fixtures/model_v1 was written by save_model before format 2 (see
     fixtures/make_model_v1.py), with the outputs that code gave for a saved batch."""
     model = load_model(FIXTURES / "model_v1")
@@ -248,9 +248,12 @@ def test_format_1_model_directory_loads_with_identical_outputs():
     with torch.no_grad():
         shuffled = model(batch, order=saved["order"])
         fixed = model(batch, order="fixed")
-    assert torch.equal(shuffled.output, saved["output_shuffled"])
-    assert torch.equal(shuffled.loss.reshape(1), saved["loss_shuffled"])
-    assert torch.equal(fixed.loss.reshape(1), saved["loss_fixed"])
+    # Float rounding, not bits: another CPU picks other matmul kernels (seen: 1.8e-7 on
+    # outputs of order 1), while a wrongly loaded weight moves them by far more.
+    exact = {"rtol": 1e-5, "atol": 1e-6}
+    torch.testing.assert_close(shuffled.output, saved["output_shuffled"], **exact)
+    torch.testing.assert_close(shuffled.loss.reshape(1), saved["loss_shuffled"], **exact)
+    torch.testing.assert_close(fixed.loss.reshape(1), saved["loss_fixed"], **exact)
 
 
 def test_saved_directory_has_a_model_card_and_keeps_its_facts(tmp_path):
