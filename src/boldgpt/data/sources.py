@@ -196,12 +196,9 @@ def sim_dir(preset: str, seed: int = 0) -> Path:
 
 def _resolve_sim(spec: SourceSpec, progress: bool) -> Path:
     out_dir = sim_dir(spec.preset, spec.seed)
-    # The data layer's calls into the simulator, imported only here: its light presets
-    # table on every use, the generator only to write the dataset.
-    from boldgpt.sim.presets import is_current
-
-    if _sim_ready(out_dir) and is_current(out_dir, spec.preset, spec.seed):
+    if _sim_current(out_dir, spec):
         return out_dir
+    # The data layer's call into the generator, imported only here to write the dataset.
     try:
         from boldgpt.sim import simulate_dataset
     except ImportError as exc:
@@ -211,7 +208,7 @@ def _resolve_sim(spec: SourceSpec, progress: bool) -> Path:
         ) from exc
     # Several processes (e.g. torchrun ranks) may ask for the same dataset at once.
     with file_lock(out_dir.with_name(f".{out_dir.name}.lock")):
-        if not (_sim_ready(out_dir) and is_current(out_dir, spec.preset, spec.seed)):
+        if not _sim_current(out_dir, spec):
             if _sim_ready(out_dir) and progress:
                 print(
                     f"{spec.text}: {out_dir} holds an older version of the {spec.preset!r} "
@@ -228,6 +225,14 @@ def _resolve_sim(spec: SourceSpec, progress: bool) -> Path:
 
 def _sim_ready(out_dir: Path) -> bool:
     return (out_dir / "simulation.json").exists() and any(out_dir.glob(schema.SPLIT_FILES["train"]))
+
+
+def _sim_current(out_dir: Path, spec: SourceSpec) -> bool:
+    """Complete, and written by the preset as it is today."""
+    # The simulator's light presets table (no generator import) on every use.
+    from boldgpt.sim.presets import is_current
+
+    return _sim_ready(out_dir) and is_current(out_dir, spec.preset, spec.seed)
 
 
 def _hub_offline() -> bool:
