@@ -66,7 +66,10 @@ def test_demo_pipeline_on_tiny_dataset(tmp_path, monkeypatch):
     for name in ("samples", "completions_left", "completions_prefix", "loss", "pca"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000
     assert (out / "train" / "model" / "model.safetensors").exists()
+    # one MaskedPCA for both sides: the image side fitted it first (while the boldGPT
+    # trained) and scored its retrieval baseline with the same file
     assert (out / "pca.safetensors").exists()
+    assert "fitting the MaskedPCA baseline" in (out / "images" / "log.txt").read_text()
 
     # the image side trained its three models for the steps asked, and the report and
     # summary show its encoding and retrieval numbers beside their baselines
@@ -74,6 +77,8 @@ def test_demo_pipeline_on_tiny_dataset(tmp_path, monkeypatch):
     for name in ("encoder", "image2bold", "cbip"):
         log = (out / "images" / name / "log.jsonl").read_text().splitlines()
         assert max(json.loads(row)["step"] for row in log) == 2
+    assert images["counts"]["pca_file"] == str(out / "pca.safetensors")
+    assert images["counts"]["pca_components"] == summary["pca_components"] == 4
     kinds = sorted(m["class"] for m in images["models"].values())
     assert kinds == ["CBIP", "Image2BOLD"]
     enc = summary["images"]["encoding"]

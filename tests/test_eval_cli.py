@@ -65,7 +65,7 @@ def _trained_igpt(maps: torch.Tensor, sids: torch.Tensor, mask: np.ndarray, step
     return model.eval()
 
 
-def test_next_patch_and_masked_scores_match_direct_computations(tmp_path, home):
+def test_next_patch_and_masked_scores_match_direct_computations(tmp_path, home, capsys):
     tiny = build_tiny_nsd(
         tmp_path / "nsd", with_mask=True, subjects=(0, 1), sessions=3, trials_per_session=24
     )
@@ -125,6 +125,30 @@ def test_next_patch_and_masked_scores_match_direct_computations(tmp_path, home):
     for name in ("MaskedPCA", "mean map", "fixed order", "random order"):
         assert name in md
     assert format_number(fixed["MaskedPCA"]["r2"]) in md
+
+    # --pca: a MaskedPCA fitted elsewhere (here 2 components, not --components 4) is
+    # used as it is, not refitted; one over another mask is refused
+    from boldgpt.models.pca import save_pca
+
+    two = MaskedPCA(m, 2).fit(torch.tensor(train_z[::2], dtype=torch.float32), seed=3)
+    save_pca(two, tmp_path / "two.safetensors")
+    out2 = tmp_path / "eval-pca"
+    assert main([*args[:1], dirs[0], *args[3:8], str(out2), *args[9:],
+                 "--pca", str(tmp_path / "two.safetensors")]) == 0  # fmt: skip
+    result2 = json.loads((out2 / "eval.json").read_text())
+    assert result2["counts"]["pca_components"] == 2
+    assert result2["counts"]["pca_file"] == str(tmp_path / "two.safetensors")
+    ref2 = metrics.pca_next_patch_scores(two, x, igpt.patchify, orders)
+    fixed2 = result2["models"][dirs[0]]["tasks"]["next_patch"]["fixed"]
+    assert fixed2["MaskedPCA"]["r2"] == pytest.approx(ref2["r2"], rel=1e-3)
+    assert fixed2["MaskedPCA"]["r2"] != pytest.approx(fixed["MaskedPCA"]["r2"], rel=1e-3)
+    other = m.copy()
+    other[np.argwhere(m)[0][0], np.argwhere(m)[0][1]] = False
+    save_pca(MaskedPCA(other, 2).fit(torch.tensor(train_z, dtype=torch.float32)),
+             tmp_path / "other.safetensors")  # fmt: skip
+    assert main([*args[:1], dirs[0], *args[3:8], str(out2), *args[9:],
+                 "--pca", str(tmp_path / "other.safetensors")]) == 2  # fmt: skip
+    assert f"over another mask ({int(other.sum())} pixels)" in capsys.readouterr().err
 
 
 def test_image_models_on_sim_data_encoding_retrieval_reconstruction(tmp_path, home):

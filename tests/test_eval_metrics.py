@@ -113,6 +113,31 @@ def test_noise_ceiling_of_known_repeat_structure(noise_var, expected_nc):
     assert res.summary["r_mean"] == pytest.approx(math.sqrt(expected_nc / 100), abs=0.02)
 
 
+def test_held_out_summary_scores_each_prediction_as_the_one_call_form():
+    # eval scores a model and its baselines against one summary of a subject's trials;
+    # scoring there must not depend on what was scored before
+    rng = np.random.default_rng(6)
+    ids = np.array([3, 1, 2, 1, 3, 3, 4])  # stimulus 1 twice, 3 three times, 2 and 4 once
+    trials = rng.normal(size=(7, 3, 3))
+    mask = np.ones((3, 3), bool)
+    mask[0, 0] = False
+    held = encoding.held_out_maps(trials, ids, mask)
+    assert held.ids.tolist() == [1, 2, 3, 4] and held.counts.tolist() == [2, 1, 3, 1]
+    np.testing.assert_allclose(held.means[0], (trials[1] + trials[3])[mask] / 2)
+    preds = [rng.normal(size=(4, 3, 3)) for _ in range(3)]
+    for pred in preds + preds[::-1]:
+        a, b = held.score(pred).summary, encoding.encoding_scores(pred, trials, ids, mask).summary
+        assert a.keys() == b.keys() and "nc_median" in a
+        for key in a:
+            assert a[key] == pytest.approx(b[key], nan_ok=True)
+    # predictions for stimuli 3 and 1 only: the ceiling averages 1/n over those two
+    # (1/3 and 1/2), NSD's generalization, not over all four stimuli
+    sub = held.score(preds[0][[2, 0]], pred_ids=[3, 1])
+    snr2 = held.snr**2
+    np.testing.assert_allclose(sub.nc, 100 * snr2 / (snr2 + (1 / 3 + 1 / 2) / 2))
+    assert encoding.held_out_maps(trials[:4], [1, 2, 3, 4]).snr is None  # no repeats
+
+
 def test_encoding_scores_perfect_and_ids():
     rng = np.random.default_rng(3)
     trials = rng.normal(size=(9, 4, 4))
@@ -194,6 +219,30 @@ def test_retrieval_of_independent_embeddings_is_chance():
     # the mean over 1000 queries has sd sqrt(1/12/1000) = 0.0091; five sd = 0.046
     tw = retrieval.two_way_identification(retrieval.similarity(a[:1000], b[:1000]))
     assert abs(tw["a_to_b"] - 0.5) < 0.046 and abs(tw["b_to_a"] - 0.5) < 0.046
+
+
+@pytest.mark.parametrize("metric", ["cosine", "pearson"])
+def test_draws_of_the_whole_similarity_equal_each_draws_own_similarity(metric):
+    # top1_among indexes one (N, N) matrix instead of recomputing each draw's (k, k): the
+    # same thing only because both metrics normalize every row on its own. Recompute the
+    # old way, draw by draw with the same generator, and compare.
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(60, 8))
+    b = a + 1.5 * rng.normal(size=(60, 8))  # noisy pairs: top-1 well between 0 and 1
+    out = retrieval.top1_among(retrieval.similarity(a, b, metric), 20, num_draws=7, seed=3)
+    draws = np.random.default_rng(3)
+    expected = []
+    for _ in range(7):
+        pick = draws.choice(60, size=20, replace=False)
+        t = retrieval.top1_accuracy(retrieval.similarity(a[pick], b[pick], metric))
+        expected.append((t["a_to_b"], t["b_to_a"]))
+    expected = np.array(expected)
+    assert 0.1 < expected.mean() < 0.9
+    assert out["a_to_b"] == pytest.approx(expected[:, 0].mean())
+    assert out["b_to_a"] == pytest.approx(expected[:, 1].mean())
+    assert out["a_to_b_std"] == pytest.approx(expected[:, 0].std())
+    with pytest.raises(ValueError, match="square"):
+        retrieval.top1_among(np.zeros((4, 5)), 2)
 
 
 def test_retrieval_bad_input():

@@ -340,9 +340,19 @@ class _DtypeProbe(ToyModel):
         self.encoder.register_forward_hook(lambda m, i, o: self.seen.add(o.dtype))
 
 
-def test_bf16_autocast_on_cpu(tmp_path):
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_autocast_on_cpu(tmp_path, monkeypatch, native):
+    # without native bf16 kernels (a Zen 3 / AVX2 CPU) autocast still works, emulated
+    # and ~10x slower: the run says so, naming the CPU
+    import warnings
+
+    monkeypatch.setattr("boldgpt.engine.train.cpu_has_fast_bf16", lambda: native)
     probe = _DtypeProbe()
-    result, _ = run(toy_config(tmp_path, train={"precision": "bf16", "max_steps": 3}), probe)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result, _ = run(toy_config(tmp_path, train={"precision": "bf16", "max_steps": 3}), probe)
+    slow = [w for w in caught if "without bf16 matmul kernels" in str(w.message)]
+    assert len(slow) == (0 if native else 1)
     assert probe.seen == {torch.bfloat16}
     assert result.status == "finished" and math.isfinite(result.last_train_loss)
     # parameters and optimizer state stay float32 (autocast only changes the compute)

@@ -77,6 +77,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="training maps for the mean map, MaskedPCA and ridge baselines (default 4000)",
     )
     p.add_argument("--components", type=int, default=128, help="MaskedPCA components")
+    p.add_argument(
+        "--pca",
+        default=None,
+        metavar="FILE",
+        help="a MaskedPCA saved earlier on this data (e.g. a demo's pca.safetensors) to "
+        "use instead of fitting one on --train-maps",
+    )
     p.add_argument("--probe", action="store_true", help="also run 24-way category decoding")
     p.add_argument(
         "--nsd-labels",
@@ -124,6 +131,7 @@ def _run(args: argparse.Namespace) -> int:
         max_maps=args.max_maps,
         train_maps=args.train_maps,
         components=args.components,
+        pca=args.pca,
         probe=args.probe,
         nsd_labels=args.nsd_labels,
         feature_encoder=args.feature_encoder,

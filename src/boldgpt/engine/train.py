@@ -34,6 +34,7 @@ import os
 import shutil
 import signal
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ from boldgpt.engine.config import TrainConfig, save_config
 from boldgpt.engine.logs import LOG_FILE, RunLogger, truncate_log
 from boldgpt.errors import CheckpointError, ConfigError, DataError, NonFiniteError
 from boldgpt.utils.io import atomic_write
+from boldgpt.utils.machine import cpu_description, cpu_has_fast_bf16
 from boldgpt.utils.threads import cpu_threads
 
 Batch = dict[str, torch.Tensor]
@@ -397,12 +399,14 @@ def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device):
     groups = [g for g in param_groups(model, cfg.weight_decay) if g["params"]]
     if not groups:
         raise ConfigError("model.freeze froze every parameter: nothing left to train")
+    # fused: one kernel for all parameters; on the CPU the default (one tensor at a
+    # time) took 54 ms a step for a 6.6M-parameter micro model on one thread, fused 7 ms
     return torch.optim.AdamW(
         groups,
         lr=cfg.lr,
         betas=tuple(cfg.betas),
         eps=cfg.eps,
-        fused=device.type == "cuda",
+        fused=device.type in ("cuda", "cpu"),
     )
 
 
@@ -497,6 +501,13 @@ class Trainer:
         self.device = dev = info.device
         if config.train.precision == "fp16" and dev.type != "cuda":
             raise ConfigError("train.precision=fp16 needs a GPU; use bf16 on CPU")
+        if config.train.precision == "bf16" and dev.type == "cpu" and not cpu_has_fast_bf16():
+            warnings.warn(
+                f"train.precision=bf16 on a CPU without bf16 matmul kernels "
+                f"({cpu_description()}): autocast emulates them, about 10x slower than "
+                "train.precision=fp32",
+                stacklevel=2,
+            )
         if config.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         if config.train.threads:

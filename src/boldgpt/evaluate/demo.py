@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
+import multiprocessing
 import os
 import platform
 import time
@@ -34,7 +35,7 @@ import torch
 
 from boldgpt.data.sources import DEFAULT_SOURCE
 
-DEFAULT_STEPS = 1400
+DEFAULT_STEPS = 1200
 """Training steps of the demo: about 9.5 min on one thread of the 2-core development
 machine (quiet), enough for the micro model to beat MaskedPCA on next-patch loss."""
 
@@ -73,7 +74,7 @@ DEMO_CONFIG: dict[str, Any] = {
     "train": {
         "max_steps": DEFAULT_STEPS,
         "eval_every": 200,
-        "eval_batches": 16,
+        "eval_batches": 8,
         "precision": "fp32",
         # One CPU thread: the micro model at batch 16 gains little from a second one,
         # and two spinning threads run ~3x slower when another process uses a core.
@@ -190,15 +191,22 @@ def run_demo(
     progress(f"data: simulating (first run only) and caching {source}", "data")
     cache_dir = build_cache(source, splits=["train", "val"])
     progress.note(f"cache: {cache_dir}")
-    image_proc = None
+    pca_spec = {"path": os.fspath(out_dir / "pca.safetensors"), "maps": pca_maps,
+                "components": components}  # fmt: skip
+    image_proc = pca_ready = None
     if images:
         from boldgpt.evaluate.demo_images import start_image_side
 
+        # the image side first fits the MaskedPCA baseline (for both sides), while the
+        # boldGPT trains: it needs no model, and then costs no time after training
+        pca_ready = multiprocessing.get_context("spawn").Event()
         kwargs = dict(source=source, seed=seed, steps=image_steps, device=device)
-        image_proc = start_image_side(out_dir / "images", **kwargs)
+        image_proc = start_image_side(
+            out_dir / "images", baseline_pca=pca_spec, pca_ready=pca_ready, **kwargs
+        )
         progress.note(
-            f"image side (encoder, encoding, retrieval) training beside it: log in "
-            f"{out_dir / 'images' / 'log.txt'}"
+            f"image side (MaskedPCA baseline, encoder, encoding, retrieval) running beside "
+            f"it: log in {out_dir / 'images' / 'log.txt'}"
         )
 
     try:
@@ -216,7 +224,12 @@ def run_demo(
         progress(
             f"baselines: training mean map and MaskedPCA ({components} components)", "baselines"
         )
-        mean_map, pca, counts = _baselines(cache_dir, source, pca_maps, components, out_dir)
+        mean_map, counts = _mean_map(cache_dir, pca_maps)
+        pca = None
+        if image_proc is not None:
+            pca = _wait_for_pca(image_proc, pca_ready, pca_spec["path"], out_dir / "images")
+        if pca is None:
+            pca = fit_demo_pca(source, **pca_spec)
         progress.note(f"PCA fitted on {counts['pca_fit_maps']} of {counts['num_train_maps']} maps")
 
         val_maps, val_sids, _ = load_split_maps(source, "val", eval_maps, seed=EVAL_SEED)
@@ -276,19 +289,14 @@ def train_or_reuse(config: Any, note: Callable[[str], None]) -> Path:
     return model_dir
 
 
-def _baselines(
-    cache_dir: Path, source: str, pca_maps: int, components: int, out_dir: Path
-) -> tuple[torch.Tensor, Any, dict[str, int]]:
-    """The training mean map (H, W), a MaskedPCA fitted on ``pca_maps`` training maps
-    (saved to ``out_dir/pca.safetensors``) and the counts ``num_train_maps``,
-    ``pca_fit_maps``."""
+def _mean_map(cache_dir: Path, pca_maps: int) -> tuple[torch.Tensor, dict[str, int]]:
+    """The training mean map (H, W) and the counts ``num_train_maps``, ``pca_fit_maps``
+    (the training maps :func:`fit_demo_pca` fits on)."""
     import numpy as np
 
     from boldgpt.data.cache import CachedNSDFlat
-    from boldgpt.data.maps import load_split_maps
     from boldgpt.data.transforms import dequantize
     from boldgpt.evaluate import metrics
-    from boldgpt.models.pca import MaskedPCA, save_pca
 
     train_set = CachedNSDFlat(cache_dir, "train", images=False)
     n_train = len(train_set)
@@ -297,10 +305,32 @@ def _baselines(
         dequantize(torch.from_numpy(np.array(train_set.activity[i : i + 1024])))
         for i in range(0, n_train, 1024)
     )
-    fit_maps, _, mask = load_split_maps(source, "train", pca_maps, seed=0)
+    return mean_map, {"num_train_maps": n_train, "pca_fit_maps": min(pca_maps, n_train)}
+
+
+def fit_demo_pca(source: str, path: str | os.PathLike, maps: int, components: int) -> Any:
+    """The demo's MaskedPCA baseline: ``components`` components fitted on a seeded
+    subset of ``maps`` training maps of ``source``, saved to ``path`` (atomically)."""
+    from boldgpt.data.maps import load_split_maps
+    from boldgpt.models.pca import MaskedPCA, save_pca
+
+    fit_maps, _, mask = load_split_maps(source, "train", maps, seed=0)
     pca = MaskedPCA(mask, min(components, len(fit_maps) - 1)).fit(fit_maps, seed=0)
-    save_pca(pca, out_dir / "pca.safetensors")
-    return mean_map, pca, {"num_train_maps": n_train, "pca_fit_maps": len(fit_maps)}
+    save_pca(pca, path)
+    return pca
+
+
+def _wait_for_pca(proc: Any, ready: Any, path: str | os.PathLike, image_dir: Path) -> Any:
+    """The MaskedPCA the image side fits first (:func:`fit_demo_pca`, to ``path``),
+    once it signals ``ready``; raises the image side's error if it ended without."""
+    from boldgpt.evaluate.demo_images import finish_image_side
+    from boldgpt.models.pca import load_pca
+
+    while not ready.wait(timeout=1.0):
+        if not proc.is_alive():
+            finish_image_side(proc, image_dir)  # raises, naming the child's log
+            raise RuntimeError(f"the demo's image side ended without fitting {path}")
+    return load_pca(path)
 
 
 def _next_patch(
@@ -439,6 +469,8 @@ def _summary(
     counts: dict[str, int],
 ) -> dict[str, Any]:
     """What ``summary.json`` holds (timings and device are added by the caller)."""
+    from boldgpt.utils.machine import cpu_description
+
     train_records = [r for r in records if r.get("split") == "train"]
     return {
         "source": config.data.source,
@@ -456,6 +488,7 @@ def _summary(
         "maps_per_s": _median([r.get("maps_per_s") for r in train_records]),
         "machine": {
             "platform": platform.platform(),
+            "cpu": cpu_description(),
             "torch": torch.__version__,
             "threads": config.train.threads or torch.get_num_threads(),
         },

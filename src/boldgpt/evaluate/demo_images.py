@@ -4,6 +4,7 @@ The demo's boldGPT trains on one CPU thread; this runs on another, in a child pr
 started before that training and joined after it (:func:`start_image_side`,
 :func:`finish_image_side`), all with fixed step counts and seeds:
 
+0. the demo's MaskedPCA baseline (for both sides; it needs no model);
 1. an ``imagebeit_micro_patch16`` (masked-patch model of the 64 px stimuli): the frozen
    image encoder of the next two;
 2. ``image2bold_micro_patch10`` (encoding: picture -> map, one pass);
@@ -61,7 +62,7 @@ IMAGE_CONFIGS: dict[str, dict[str, Any]] = {
             "kwargs": {
                 "image_size": 64,
                 "loss": "clip",
-                "patch_drop": 0.25,
+                "patch_drop": 0.5,
                 "image_embedding": "tokens",
             },
         },
@@ -96,20 +97,33 @@ def run_image_side(
     seed: int = 0,
     steps: dict[str, int] | None = None,
     device: str = "cpu",
+    baseline_pca: dict[str, Any] | None = None,
+    pca_ready: Any | None = None,
 ) -> dict[str, Any]:
     """Train the three image-side models (reusing finished ones) and evaluate the
-    encoding and retrieval models; returns the ``eval.json`` it writes to ``out_dir``."""
-    from boldgpt.evaluate.demo import train_or_reuse
+    encoding and retrieval models; returns the ``eval.json`` it writes to ``out_dir``.
+
+    ``baseline_pca``: first fit the demo's MaskedPCA baseline
+    (``boldgpt.evaluate.demo.fit_demo_pca`` with these keyword arguments: ``path``,
+    ``maps``, ``components``), set the event ``pca_ready``, and score the retrieval
+    baseline with that PCA too."""
+    from boldgpt.evaluate.demo import fit_demo_pca, train_or_reuse
     from boldgpt.evaluate.eval import EvalOptions, evaluate_models, write_eval
 
     out_dir = Path(out_dir)
     steps = {**IMAGE_STEPS, **(steps or {})}
+    if baseline_pca is not None:
+        print(f"fitting the MaskedPCA baseline ({baseline_pca['components']} components)")
+        fit_demo_pca(source, **baseline_pca)
+        if pca_ready is not None:
+            pca_ready.set()
     model_dirs = {}
     for name in ("encoder", "image2bold", "cbip"):
         config = image_config(name, out_dir, source, seed, steps[name], device)
         print(f"training {config.model.name}: {steps[name]} steps", flush=True)
         model_dirs[name] = train_or_reuse(config, print)
-    options = EvalOptions(source=source, split="val", device=device, threads=1)
+    pca = baseline_pca["path"] if baseline_pca is not None else None
+    options = EvalOptions(source=source, split="val", device=device, threads=1, pca=pca)
     dirs = [str(model_dirs["image2bold"]), str(model_dirs["cbip"])]
     result = evaluate_models(dirs, options, out_dir / "figures")
     result["steps"] = steps

@@ -28,7 +28,9 @@ def write_report(
         f"{s['num_train_maps']:,} training maps of `{s['source']}`"
         + (" (the embedded simulator, NSD-Flat format)" if s["source"].startswith("sim:") else "")
         + f", in {s['timings_s'].get('train_s', 0) / 60:.1f} min on "
-        f"{s['machine']['device']} ({s['machine']['threads']} thread(s)). The number of "
+        f"{s['machine']['device']} ({s['machine']['threads']} thread(s)"
+        + (f" of an {s['machine']['cpu']}" if s["machine"].get("cpu") else "")
+        + "). The number of "
         "steps is fixed, so the same seed gives the same model on any machine (up to float "
         f"rounding). Scores are on {s['num_eval_maps']} held-out validation maps (the "
         "shared-stimulus trials)."

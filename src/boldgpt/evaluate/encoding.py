@@ -27,20 +27,23 @@ Neuroscience, and of the Algonauts 2023 challenge, Gifford et al. 2023):
   (``boldgpt.sim.load_ground_truth``) measures how close a model is to the truth
   without a ceiling: pass the noiseless maps as the target.
 
-How ``boldgpt eval`` will use these metric modules (design note, not built yet):
+How ``boldgpt eval`` (``boldgpt.evaluate.eval``) uses these metric modules:
 
 - It reads the held-out split once (cache arrays: maps ``(T, 215, 200)``, ``nsd_id``,
   ``subject_id``, images) and scores every subject separately, then averages subjects,
   as the literature does. Each task runs the model and its baselines on the same rows
   and puts them in one table with chance and, where it exists, the ceiling.
-- Encoding: one predicted map per unique stimulus; :func:`encoding_scores` with the
-  trials, their ``nsd_id`` and the mask; the baselines (mean map, ridge from image
-  features, ridge from the simulator's true receptive-field features) go through the
-  same call. ``truth=`` comes from ``boldgpt.sim.load_ground_truth`` on the embedded
-  data. The per-pixel ``r`` of :class:`EncodingResult` is the encoding-accuracy flat map.
-- Retrieval (``evaluate.retrieval.retrieval_top1``): map embeddings averaged over the
-  repeats of a stimulus against that stimulus's image embeddings, 300 candidates x 30
-  draws, seed in the JSON; both directions and ``two_way_identification``.
+- Encoding: one predicted map per unique stimulus, scored against each subject's
+  trials summarized once (:func:`held_out_maps`: repeat averages and noise ceiling;
+  :func:`encoding_scores` is the one-call form); the baselines (mean map, ridge from
+  image features, the fit of the simulator's true receptive-field features) are
+  scored against the same summary. ``truth=`` comes from
+  ``boldgpt.sim.load_ground_truth`` on the embedded data. The per-pixel ``r`` of
+  :class:`EncodingResult` is the encoding-accuracy flat map.
+- Retrieval (``evaluate.retrieval``): map embeddings averaged over the repeats of a
+  stimulus against that stimulus's image embeddings; one similarity matrix per method,
+  300 candidates x 30 draws from it (``top1_among``), both directions and
+  ``two_way_identification``.
 - Reconstruction (``evaluate.reconstruction.reconstruction_scores``): images resized
   to one size, features from whichever image encoder the run has.
 - Category decoding (``evaluate.probing.evaluate_probe``): labels from
@@ -335,38 +338,80 @@ def encoding_scores(
         (``R^2 / NC``, uncapped), and with ``truth`` ``r_truth_mean`` /
         ``r_truth_median``. Means and medians skip undefined (NaN) pixels.
     """
-    y = flatten_maps(trials, mask, "trials")
-    p = flatten_maps(pred, mask, "pred")
-    means, ids, counts = average_repeats(y, stimulus_ids)
-    if pred_ids is not None:
-        want = np.asarray(pred_ids).ravel()
-        pos = np.searchsorted(ids, want).clip(0, max(len(ids) - 1, 0))
-        if len(want) != len(p) or len(ids) == 0 or (ids[pos] != want).any():
+    return held_out_maps(trials, stimulus_ids, mask).score(pred, pred_ids, truth)
+
+
+@dataclass
+class HeldOutMaps:
+    """One subject's held-out trials, summarized once so that many predictions (a
+    model and its baselines) are scored against them without averaging the repeats and
+    estimating the noise ceiling again for each (:func:`held_out_maps`).
+
+    Attributes:
+        means: ``(S, P_in)`` repeat-averaged in-mask maps, one per stimulus.
+        ids: ``(S,)`` sorted unique stimulus ids.
+        counts: ``(S,)`` trials averaged in each row of ``means``.
+        snr: ``(P_in,)`` :func:`ncsnr` of the trials, or None when no stimulus repeats.
+        mask: the bool ``(H, W)`` mask the maps were scored in, or None.
+    """
+
+    means: np.ndarray
+    ids: np.ndarray
+    counts: np.ndarray
+    snr: np.ndarray | None
+    mask: np.ndarray | None
+
+    def score(
+        self, pred: Any, pred_ids: Any | None = None, truth: Any | None = None
+    ) -> EncodingResult:
+        """:func:`encoding_scores` of ``pred`` against these trials (arguments as there)."""
+        p = flatten_maps(pred, self.mask, "pred")
+        means, counts = self.means, self.counts
+        if pred_ids is not None:
+            want = np.asarray(pred_ids).ravel()
+            ids = self.ids
+            pos = np.searchsorted(ids, want).clip(0, max(len(ids) - 1, 0))
+            if len(want) != len(p) or len(ids) == 0 or (ids[pos] != want).any():
+                raise ValueError(
+                    "pred_ids must list, for each predicted map, a stimulus present in stimulus_ids"
+                )
+            means, counts = means[pos], counts[pos]
+        elif len(p) != len(self.ids):
             raise ValueError(
-                "pred_ids must list, for each predicted map, a stimulus present in stimulus_ids"
+                f"pred has {len(p)} maps but the trials show {len(self.ids)} unique stimuli; "
+                "pass pred_ids to say which stimulus each prediction is for"
             )
-        means, counts = means[pos], counts[pos]
-    elif len(p) != len(ids):
-        raise ValueError(
-            f"pred has {len(p)} maps but the trials show {len(ids)} unique stimuli; "
-            "pass pred_ids to say which stimulus each prediction is for"
+        res = EncodingResult(
+            r=pearson_per_pixel(p, means),
+            r2_map=r2_per_map(p, means),
+            r2_pixel=r2_per_pixel(p, means),
         )
-    res = EncodingResult(
-        r=pearson_per_pixel(p, means), r2_map=r2_per_map(p, means), r2_pixel=r2_per_pixel(p, means)
-    )
-    s = res.summary
-    s["r_mean"], s["r_median"] = _nan_stat(np.mean, res.r), _nan_stat(np.median, res.r)
-    s["r2_map_mean"] = _nan_stat(np.mean, res.r2_map)
-    s["r2_pixel_mean"] = _nan_stat(np.mean, res.r2_pixel)
-    if (np.unique(np.asarray(stimulus_ids), return_counts=True)[1] >= 2).any():
-        res.nc = noise_ceiling(ncsnr(y, stimulus_ids), counts)
-        s["nc_median"] = _nan_stat(np.median, res.nc)
-        nnea = noise_normalized_r(res.r, res.nc)
-        s["nnea_mean"], s["nnea_median"] = _nan_stat(np.mean, nnea), _nan_stat(np.median, nnea)
-        s["r2_over_nc_median"] = _nan_stat(np.median, noise_normalized(res.r**2, res.nc))
-        s["R2_over_nc_median"] = _nan_stat(np.median, noise_normalized(res.r2_pixel, res.nc))
-    if truth is not None:
-        res.r_truth = pearson_per_pixel(p, flatten_maps(truth, mask, "truth"))
-        s["r_truth_mean"] = _nan_stat(np.mean, res.r_truth)
-        s["r_truth_median"] = _nan_stat(np.median, res.r_truth)
-    return res
+        s = res.summary
+        s["r_mean"], s["r_median"] = _nan_stat(np.mean, res.r), _nan_stat(np.median, res.r)
+        s["r2_map_mean"] = _nan_stat(np.mean, res.r2_map)
+        s["r2_pixel_mean"] = _nan_stat(np.mean, res.r2_pixel)
+        if self.snr is not None:
+            res.nc = noise_ceiling(self.snr, counts)
+            s["nc_median"] = _nan_stat(np.median, res.nc)
+            nnea = noise_normalized_r(res.r, res.nc)
+            s["nnea_mean"], s["nnea_median"] = _nan_stat(np.mean, nnea), _nan_stat(np.median, nnea)
+            s["r2_over_nc_median"] = _nan_stat(np.median, noise_normalized(res.r**2, res.nc))
+            s["R2_over_nc_median"] = _nan_stat(np.median, noise_normalized(res.r2_pixel, res.nc))
+        if truth is not None:
+            res.r_truth = pearson_per_pixel(p, flatten_maps(truth, self.mask, "truth"))
+            s["r_truth_mean"] = _nan_stat(np.mean, res.r_truth)
+            s["r_truth_median"] = _nan_stat(np.median, res.r_truth)
+        return res
+
+
+def held_out_maps(trials: Any, stimulus_ids: Any, mask: Any | None = None) -> HeldOutMaps:
+    """Summarize held-out single trials ``(T, H, W)`` (or ``(T, P)``) of stimuli
+    ``stimulus_ids`` ``(T,)`` for scoring: their repeat averages and, when some stimulus
+    has two or more trials, their :func:`ncsnr`; ``mask`` as in :func:`encoding_scores`."""
+    y = flatten_maps(trials, mask, "trials")
+    means, ids, counts = average_repeats(y, stimulus_ids)
+    snr = ncsnr(y, stimulus_ids) if (counts >= 2).any() else None
+    m = None
+    if mask is not None:
+        m = np.asarray(mask.detach().cpu() if hasattr(mask, "detach") else mask, dtype=bool)
+    return HeldOutMaps(means, ids, counts, snr, m)

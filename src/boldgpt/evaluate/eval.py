@@ -53,13 +53,16 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from boldgpt.data.transforms import IMAGENET_MEAN, IMAGENET_STD, prepare_images
 from boldgpt.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from boldgpt.evaluate.encoding import HeldOutMaps
 
 TASKS = ("next_patch", "masked", "encoding", "retrieval", "reconstruction", "probe")
 """Task names, the keys of a model's results."""
@@ -487,16 +490,13 @@ def encoding_task(
     {subject: {method: summary}}}`` (summaries of
     :func:`boldgpt.evaluate.encoding.encoding_scores`) and the per-pixel r (P_in,) of
     each method averaged over subjects (the encoding-accuracy map)."""
-    from boldgpt.evaluate.encoding import encoding_scores
-
     mask = data.mask
     per_subject: dict[int, dict[str, dict[str, float]]] = {}
     pixel_r: dict[str, list[np.ndarray]] = {}
     memo = {} if memo is None else memo
     for s in np.unique(data.subject_id):
-        rows = data.rows(s)
-        ids = np.unique(data.nsd_id[rows])
-        trials = data.maps[rows].numpy()
+        held = _held_out(data, int(s), memo)
+        ids = held.ids
         truth = None
         if truth_root is not None:
             from boldgpt.sim.truth import load_ground_truth
@@ -513,7 +513,7 @@ def encoding_task(
             preds["noiseless truth"] = truth
         scores = {}
         for name, pred in preds.items():
-            res = encoding_scores(pred, trials, data.nsd_id[rows], mask, pred_ids=ids, truth=truth)
+            res = held.score(pred, pred_ids=ids, truth=truth)
             scores[name] = res.summary
             pixel_r.setdefault(name, []).append(res.r)
             if name == "model" and res.nc is not None:
@@ -535,6 +535,18 @@ def encoding_task(
                 warnings.simplefilter("ignore", RuntimeWarning)
                 maps[k] = np.nanmean(np.where(np.isfinite(stacked), stacked, np.nan), 0)
     return {"mean": mean, "per_subject": {str(s): d for s, d in per_subject.items()}}, maps
+
+
+def _held_out(data: SplitData, s: int, memo: dict[Any, Any]) -> HeldOutMaps:
+    """Subject ``s``'s held-out trials summarized for scoring (repeat averages, noise
+    ceiling), once per evaluation in ``memo``."""
+    from boldgpt.evaluate.encoding import held_out_maps
+
+    key = ("held out", s)
+    if key not in memo:
+        rows = data.rows(s)
+        memo[key] = held_out_maps(data.maps[rows].numpy(), data.nsd_id[rows], data.mask)
+    return memo[key]
 
 
 def _encoding_baselines(
@@ -625,7 +637,7 @@ def retrieval_task(
     ways and ``chance``; ``example`` the first subject's similarity matrix and ids (the
     retrieval grid figure)."""
     from boldgpt.evaluate.encoding import average_repeats
-    from boldgpt.evaluate.retrieval import retrieval_top1, similarity, two_way_identification
+    from boldgpt.evaluate.retrieval import similarity, top1_among, two_way_identification
 
     dev = model.device
 
@@ -665,8 +677,9 @@ def retrieval_task(
         k = min(300, len(ids))
         scores = {}
         for name, (a, b, metric) in pairs.items():
-            top = retrieval_top1(a, b, k, num_draws=30, seed=EVAL_SEED, metric=metric)
-            two = two_way_identification(similarity(a, b, metric))
+            sim = similarity(a, b, metric)
+            top = top1_among(sim, k, num_draws=30, seed=EVAL_SEED)
+            two = two_way_identification(sim)
             scores[name] = {
                 "map_to_image": top["a_to_b"],
                 "image_to_map": top["b_to_a"],
@@ -709,7 +722,8 @@ def _identification_pairs(
         from boldgpt.sim.truth import load_ground_truth
 
         predicted["noiseless truth"] = load_ground_truth(truth_root, s, ids)
-    measured, measured_ids, _ = _stimulus_means(data, data.rows(s))
+    held = _held_out(data, s, memo)
+    measured, measured_ids = held.means, held.ids
     if not np.array_equal(measured_ids, ids):
         raise DataError(f"subject {s}: measured and predicted maps of different stimuli")
     names = {
@@ -915,6 +929,9 @@ class EvalOptions:
         max_maps: at most this many rows of the split (a seeded subset; None: all).
         train_maps: training rows for the mean map, MaskedPCA and the ridge fits.
         components: MaskedPCA components.
+        pca: a MaskedPCA file (``boldgpt.models.pca.save_pca``, e.g. the demo's
+            ``pca.safetensors``) to use instead of fitting one on ``train_maps``; it must
+            be over the data's mask.
         probe: also run category decoding (slow).
         nsd_labels: folder of the NSD decoding benchmark's label files (real NSD); on
             ``sim:`` sources the labels come from the simulator's truth.
@@ -932,12 +949,29 @@ class EvalOptions:
     max_maps: int | None = None
     train_maps: int | None = 4000
     components: int = 128
+    pca: str | os.PathLike | None = None
     probe: bool = False
     nsd_labels: str | None = None
     feature_encoder: str | None = None
     device: str = "auto"
     batch_size: int = 64
     threads: int | None = None
+
+
+def _baseline_pca(options: EvalOptions, mask: np.ndarray, train_maps: torch.Tensor) -> Any:
+    """The MaskedPCA of the baselines: read from ``options.pca``, or fitted on the
+    training maps."""
+    from boldgpt.models.pca import MaskedPCA, load_pca
+
+    if options.pca is None:
+        return MaskedPCA(mask, min(options.components, len(train_maps) - 1)).fit(train_maps, seed=0)
+    pca = load_pca(options.pca)
+    if not np.array_equal(pca.mask.cpu().numpy(), mask):
+        raise ConfigError(
+            f"the MaskedPCA in {options.pca} is over another mask ({int(pca.mask.sum())} "
+            f"pixels) than {options.source}'s ({int(mask.sum())}): fit it on this data"
+        )
+    return pca
 
 
 def evaluate_models(
@@ -968,7 +1002,6 @@ def _evaluate_models(
 ) -> dict[str, Any]:
     from boldgpt.engine.distributed import resolve_device
     from boldgpt.evaluate import metrics
-    from boldgpt.models.pca import MaskedPCA
     from boldgpt.models.registry import describe, load_model
 
     if options.split not in ("val", "test"):
@@ -986,8 +1019,7 @@ def _evaluate_models(
     train = load_split(options.source, "train", max_rows=options.train_maps, **common)
     _check_masks(models, data.mask)
     mean_map = metrics.mean_map(train.maps.split(1024))
-    pca = MaskedPCA(data.mask, min(options.components, len(train.maps) - 1))
-    pca.fit(train.maps, seed=0)
+    pca = _baseline_pca(options, data.mask, train.maps)
     encoder = None
     if options.feature_encoder:
         from boldgpt.models.encoders import build_image_encoder
@@ -1003,6 +1035,7 @@ def _evaluate_models(
             "subjects": sorted(int(s) for s in np.unique(data.subject_id)),
             "train_maps": len(train.maps),
             "pca_components": pca.n_components,
+            **({"pca_file": os.fspath(options.pca)} if options.pca else {}),
         },
         "models": {},
     }

@@ -13,7 +13,8 @@ Definitions (SPEC section 11; the protocol of MindEye, Scotti et al. 2023, NeurI
 - **Top-1 among 300**: for each of 30 random draws, 300 pairs are sampled without
   replacement from the test set, the 300 x 300 similarity matrix is computed and top-1
   is measured in both directions; the result is the mean (and spread) over the draws.
-  Chance is ``1 / 300``.
+  Chance is ``1 / 300``. (The draws index one similarity matrix of all pairs:
+  :func:`top1_among`.)
 - **Two-way identification**: the fraction of pairwise comparisons, over every query
   ``i`` and every distractor ``j != i``, in which the true match is more similar than
   the distractor (``sim[i, i] > sim[i, j]``; ties count 1/2). Chance is 0.5.
@@ -127,15 +128,33 @@ def retrieval_top1(
         metric: see :func:`similarity`.
 
     Returns:
-        ``a_to_b`` / ``b_to_a`` mean top-1 over the draws, ``a_to_b_std`` / ``b_to_a_std``
-        their standard deviation over the draws, and ``chance`` (``1 / num_candidates``).
+        as :func:`top1_among` of ``similarity(a, b, metric)``.
     """
     x, y = _matrix(a, "a"), _matrix(b, "b")
     if len(x) != len(y):
         raise ValueError(f"a and b must be paired row by row, got {len(x)} and {len(y)} rows")
-    if not 2 <= num_candidates <= len(x):
+    return top1_among(similarity(x, y, metric), num_candidates, num_draws, seed)
+
+
+def top1_among(
+    sim: Any, num_candidates: int = 300, num_draws: int = 30, seed: int = 0
+) -> dict[str, float]:
+    """Top-1 among ``num_candidates`` random pairs of a square similarity matrix of all
+    ``N`` pairs (diagonal = true matches), averaged over ``num_draws`` draws.
+
+    Both metrics of :func:`similarity` normalize each row on its own, so the similarity
+    of a draw's pairs is the draw's rows and columns of the whole matrix: one ``(N, N)``
+    product serves every draw (and :func:`two_way_identification`).
+
+    Returns:
+        ``a_to_b`` / ``b_to_a`` mean top-1 over the draws (queries the rows, then the
+        columns), ``a_to_b_std`` / ``b_to_a_std`` their standard deviation over the
+        draws, and ``chance`` (``1 / num_candidates``).
+    """
+    s = _square(sim)
+    if not 2 <= num_candidates <= len(s):
         raise ValueError(
-            f"num_candidates must be between 2 and the number of pairs ({len(x)}), "
+            f"num_candidates must be between 2 and the number of pairs ({len(s)}), "
             f"got {num_candidates}"
         )
     if num_draws < 1:
@@ -143,8 +162,8 @@ def retrieval_top1(
     rng = np.random.default_rng(seed)
     scores = np.empty((num_draws, 2))
     for d in range(num_draws):
-        pick = rng.choice(len(x), size=num_candidates, replace=False)
-        t = top1_accuracy(similarity(x[pick], y[pick], metric))
+        pick = rng.choice(len(s), size=num_candidates, replace=False)
+        t = top1_accuracy(s[np.ix_(pick, pick)])
         scores[d] = t["a_to_b"], t["b_to_a"]
     mean, std = scores.mean(0), scores.std(0)
     return {
