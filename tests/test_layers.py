@@ -217,8 +217,9 @@ def test_fused_qkv_gradients_reach_the_stored_q_and_kv_weights():
 
 
 def test_inference_fused_weights_follow_weight_updates():
-    # Without autograd the fused [q | kv] weight is cached; an in-place update (an
-    # optimizer step), load_state_dict or a cast must not leave it stale.
+    # Without autograd the fused [q | kv] product must use the weights as they are now:
+    # after an in-place update (also one that leaves the version counters alone, as
+    # fused AdamW and writes through .data do), load_state_dict or a cast.
     torch.manual_seed(0)
     attn = Attention(16, 2).eval()
     x = torch.randn(1, 5, 16)
@@ -230,6 +231,18 @@ def test_inference_fused_weights_follow_weight_updates():
         after = attn(x, causal=True)
     assert not torch.allclose(after, before, atol=1e-3)
     assert torch.allclose(after, reference_attention(attn, x, True), atol=1e-5)
+    for p in attn.parameters():
+        p.grad = torch.randn_like(p)
+    versions = [p._version for p in attn.parameters()]
+    torch.optim.AdamW(attn.parameters(), lr=0.1, fused=True).step()
+    assert [p._version for p in attn.parameters()] == versions  # why a cache went stale
+    with torch.no_grad():
+        stepped = attn(x, causal=True)
+        assert torch.allclose(stepped, reference_attention(attn, x, True), atol=1e-5)
+        attn.kv.weight.data.mul_(-1.0)
+        flipped = attn(x, causal=True)
+    assert not torch.allclose(flipped, stepped, atol=1e-3)
+    assert torch.allclose(flipped, reference_attention(attn, x, True), atol=1e-5)
     other = Attention(16, 2)
     with torch.no_grad():
         attn.load_state_dict(other.state_dict())

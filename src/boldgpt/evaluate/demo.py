@@ -4,7 +4,8 @@
 2. train a micro shuffled-order boldGPT (continuous patches) for a FIXED number of steps
    (:data:`DEFAULT_STEPS`; the same seed gives the same model on any machine, up to
    float nondeterminism; only the time it takes differs);
-3. baselines: the training mean map and a MaskedPCA fitted on training maps;
+3. baselines: the training mean map and a MaskedPCA fitted on training maps (the
+   image side fits it while 2 runs, :func:`fit_demo_pca`; here only without it);
 4. next-patch prediction on validation maps: in-mask MSE of the model in the fixed
    order and in random orders, beside the mean map and MaskedPCA (same maps, same orders);
 5. completion of held-out maps from two prompts (left hemisphere; central 30% of the
@@ -36,8 +37,10 @@ import torch
 from boldgpt.data.sources import DEFAULT_SOURCE
 
 DEFAULT_STEPS = 1200
-"""Training steps of the demo: about 9.5 min on one thread of the 2-core development
-machine (quiet), enough for the micro model to beat MaskedPCA on next-patch loss."""
+"""Training steps of the demo: 12.8 min on one thread of the 2-core development machine's
+slower (AVX2) host, the image side on the other (quiet; the whole demo 14 min), enough
+for the micro model to beat MaskedPCA on next-patch loss (0.584 / 0.583 against 0.610 /
+0.621 on sim:demo, seed 0)."""
 
 DEMO_CONFIG: dict[str, Any] = {
     "seed": 0,
@@ -61,9 +64,9 @@ DEMO_CONFIG: dict[str, Any] = {
     },
     # 4e-3, not 8e-3: at 8e-3 the seed-0 run on the 12,000-map sim:demo stayed on the early
     # plateau where the model has not yet learned to read its neighbours (val loss 0.79 at
-    # 1,400 steps); at 4e-3 seeds 0 and 1 both left it by step 400. Warmup-stable-decay
-    # (the last 20% a linear decay) beat cosine at 4e-3 in both seeds (val loss 0.575 /
-    # 0.566 against 0.606 / 0.632) with the same completion R².
+    # 1,400 steps, the demo's length then); at 4e-3 seeds 0 and 1 both left it by step
+    # 400. Warmup-stable-decay (the last 20% a linear decay) beat cosine at 4e-3 in both
+    # seeds (val loss 0.575 / 0.566 against 0.606 / 0.632) with the same completion R².
     "optim": {
         "lr": 4.0e-3,
         "min_lr": 1.0e-4,

@@ -96,9 +96,6 @@ class Attention(nn.Module):
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
-        # fused [q | kv] weights for decoding without autograd (see _fused_qkv)
-        self._fused: tuple[torch.Tensor, torch.Tensor | None] | None = None
-        self._fused_key: tuple | None = None
 
     def _keys_values(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, M, _ = src.shape
@@ -109,22 +106,14 @@ class Attention(nn.Module):
     def _fused_qkv(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Weight (3D, D) and bias (3D,) of the fused projection: [q | keys | values].
 
-        While training (autograd on) the concatenation is part of the graph, so the
-        gradients flow back to ``q`` and ``kv``. Without autograd (decoding) it is
-        cached and rebuilt only when a weight changed: in place (optimizer step,
-        ``load_state_dict``: the tensor's version counter) or moved / cast (its
-        storage)."""
+        Concatenated at every call (with autograd it is part of the graph, so the
+        gradients flow back to ``q`` and ``kv``). Not cached: a cache keyed on the
+        weights' version counters went stale under fused AdamW, whose in-place update
+        leaves those counters unchanged (the demo's validation then scored weights of
+        step 200 at step 1,200)."""
         q, kv = self.q, self.kv
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():
-            bias = None if q.bias is None else torch.cat([q.bias, kv.bias])
-            return torch.cat([q.weight, kv.weight]), bias
-        params = [p for p in (q.weight, kv.weight, q.bias, kv.bias) if p is not None]
-        key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
-        if self._fused_key != key:
-            bias = None if q.bias is None else torch.cat([q.bias, kv.bias])
-            self._fused = (torch.cat([q.weight, kv.weight]), bias)
-            self._fused_key = key
-        return self._fused
+        bias = None if q.bias is None else torch.cat([q.bias, kv.bias])
+        return torch.cat([q.weight, kv.weight]), bias
 
     def _queries_keys_values(
         self, x: torch.Tensor
