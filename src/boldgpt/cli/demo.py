@@ -14,7 +14,7 @@ The README demo, offline on one machine:
 1. simulate the embedded NSD-Flat-format dataset (sim:demo; first run only) and cache it;
 2. train a micro shuffled-order boldGPT on continuous patches for a fixed number of steps
    (--steps; the same --seed gives the same model and report on any machine, up to
-   float rounding; the whole demo takes 10-14 minutes on 2 CPU cores);
+   float rounding; the whole demo takes 10-15 minutes on 2 CPU cores);
 3. fit the baselines: the training mean map and MaskedPCA (MaskedPCA on the other
    thread, while the model trains, unless --no-images);
 4. score next-patch prediction on validation maps in the fixed and in random orders;

@@ -37,9 +37,9 @@ import torch
 from boldgpt.data.sources import DEFAULT_SOURCE
 
 DEFAULT_STEPS = 1200
-"""Training steps of the demo: 12.8 min on one thread of the 2-core development machine's
-slower (AVX2) host, the image side on the other (quiet; the whole demo 14 min), enough
-for the micro model to beat MaskedPCA on next-patch loss (0.584 / 0.583 against 0.610 /
+"""Training steps of the demo: 13.6 min on one thread of the 2-core development machine's
+slower (AVX2) host, the image side on the other (quiet; the whole demo 14.8 min), enough
+for the micro model to beat MaskedPCA on next-patch loss (0.587 / 0.586 against 0.610 /
 0.621 on sim:demo, seed 0)."""
 
 DEMO_CONFIG: dict[str, Any] = {
