@@ -228,10 +228,9 @@ def run_demo(
             f"baselines: training mean map and MaskedPCA ({components} components)", "baselines"
         )
         mean_map, counts = _mean_map(cache_dir, pca_maps)
-        pca = None
         if image_proc is not None:
             pca = _wait_for_pca(image_proc, pca_ready, pca_spec["path"], out_dir / "images")
-        if pca is None:
+        else:
             pca = fit_demo_pca(source, **pca_spec)
         progress.note(f"PCA fitted on {counts['pca_fit_maps']} of {counts['num_train_maps']} maps")
 
