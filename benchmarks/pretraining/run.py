@@ -13,7 +13,9 @@ and a 24-way linear probe of its BOLD embeddings; image2bold: encoding r), the s
 
 and all of a family's models are scored together by ``boldgpt eval`` on the validation
 split (the baselines once, in the same run). Outputs in ``--out``: ``results.json`` (every
-run's numbers, commands and times) and ``table.md`` (mean and spread over seeds)::
+run's numbers, commands and times) and ``table.md`` (mean and spread over seeds); in
+``--work``, beside the runs, ``report-<families>.html`` (self-contained) with that table
+and every ``boldgpt eval`` table and figure (baselines, the 24-way probe)::
 
     python benchmarks/pretraining/run.py --encoder runs/imagebeit_micro/model \\
         --boldgpt runs/demo/train/model --beit runs/boldbeit_demo/model \\
@@ -118,12 +120,12 @@ def lookup(tree: dict[str, Any], path: tuple[str, ...]) -> float | None:
     return float(tree) if tree is not None else None
 
 
-def table(records: list[dict[str, Any]]) -> str:
-    """Markdown: one row per (family, metric, init, fraction), mean ± spread over seeds."""
-    lines = [
-        "| family | metric | init | paired trials | mean | seeds (values) |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
+HEADERS = ("family", "metric", "init", "paired trials", "mean", "seeds (values)")
+
+
+def table_rows(records: list[dict[str, Any]]) -> list[list[str]]:
+    """One row per (family, metric, init, fraction): mean ± spread over seeds."""
+    rows = []
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in records:
         groups.setdefault((r["family"], r["init"], r["fraction"]), []).append(r)
@@ -136,11 +138,39 @@ def table(records: list[dict[str, Any]]) -> str:
                     continue
                 spread = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
                 seeds = ", ".join(f"{r['seed']}: {r['scores'][metric]:.4f}" for r in rs)
-                lines.append(
-                    f"| {family} | {metric} | {init} | {round(fraction * 100)}% | "
-                    f"{statistics.mean(values):.4f}{spread} | {seeds} |"
-                )
+                rows.append(
+                    [family, metric, init, f"{round(fraction * 100)}%",
+                     f"{statistics.mean(values):.4f}{spread}", seeds]
+                )  # fmt: skip
+    return rows
+
+
+def table(records: list[dict[str, Any]]) -> str:
+    """The Markdown form of :func:`table_rows`."""
+    lines = ["| " + " | ".join(HEADERS) + " |", "|" + " --- |" * len(HEADERS)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(records)]
     return "\n".join(lines) + "\n"
+
+
+def write_report(records: list[dict[str, Any]], evals: dict[str, dict], args: Any) -> Path:
+    """``report-<families>.html`` (self-contained) and ``.md`` in ``--work``: the table above,
+    then every family's ``boldgpt eval`` tables (baselines, the 24-way probe) and figures."""
+    from boldgpt.evaluate.eval import add_eval_sections
+    from boldgpt.evaluate.report import Report
+
+    report = Report("Does pretraining on maps help?")
+    report.text(
+        f"Each downstream model trained {args.steps} steps from scratch or from a pretrained "
+        f"map model (boldGPT `{args.boldgpt}`, BEiT `{args.beit}`), on a fraction of the "
+        f"paired training trials, with seeds {args.seeds}; frozen image encoder "
+        f"`{args.encoder}`. Commands and times: `results.json` in `{args.out}`."
+    )
+    report.table(HEADERS, table_rows(records), caption="Mean ± sd over seeds")
+    for family, result in evals.items():
+        report.heading(f"Evaluation of every {family} model")
+        add_eval_sections(report, result, args.work / f"eval-{family}" / "figures")
+    _, page = report.write(args.work, "report-" + "-".join(evals))
+    return page
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -161,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     for init in inits:
         if init != "scratch" and not getattr(args, init, None):
             parser.error(f"--inits has {init!r}: give its model directory with --{init}")
-    records = []
+    records, evals = [], {}
     for family in args.families.split(","):
         done = [
             train(family, init, float(f), int(s), args)
@@ -169,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
             for f in args.fractions.split(",")
             for s in args.seeds.split(",")
         ]
-        result = evaluate(family, done, args)
+        result = evals[family] = evaluate(family, done, args)
         for r in done:
             tasks = result["models"][r["model"]]["tasks"]
             r["scores"] = {m: lookup(tasks, p) for m, p in METRICS[family].items()}
@@ -180,6 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     (args.out / "table.md").write_text(table(records))
     print(table(records))
+    print(f"report: {write_report(records, evals, args)}")
 
 
 if __name__ == "__main__":

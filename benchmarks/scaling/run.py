@@ -70,7 +70,7 @@ SIZES: dict[str, dict[str, int]] = {
 }
 # Peak learning rates: the demo's 8e-3 of the study's time for micro (tuned on the earlier
 # 10,000-map sim:demo), scaled ~1/width for the others (an assumption, not measured
-# here). The demo now trains at 4e-3 (wsd): on the 12,000-map sim:demo a seed-0 run at
+# here). The demo now trains at 6e-3 (wsd): on the 12,000-map sim:demo a seed-0 run at
 # 8e-3 stayed on the early plateau; a rerun of this study should revisit these.
 LR = {"nano": 1.2e-2, "micro": 8e-3, "mini": 5e-3}
 
