@@ -31,11 +31,13 @@ import torch
 from boldgpt.generate import sample
 from boldgpt.models.registry import create_model
 from common import (
+    NO_BF16,
     Context,
     Row,
     load_mask,
     non_embedding_params,
     sequence_tokens,
+    skipped_row,
     synced,
     timeit,
     torch_threads,
@@ -116,6 +118,12 @@ def _train_row(
     )
 
 
+def _skipped_train_row(name: str, variant: str, dtype: str) -> Row:
+    target = TARGETS.get((name, variant, dtype))
+    case = f"train {name} {variant} B={BATCH} {dtype}"
+    return skipped_row("models", case, NO_BF16, f">= {target:.2f}" if target else "")
+
+
 def train(ctx: Context) -> list[Row]:
     mask, source = load_mask()
     if ctx.quick:
@@ -132,6 +140,9 @@ def train(ctx: Context) -> list[Row]:
         model = _build(name, variant, mask, ctx.device)
         batch = _batch(mask, model, ctx.device, BATCH)
         for dtype in ("float32", "bfloat16"):
+            if dtype == "bfloat16" and not ctx.fast_bf16:
+                rows.append(_skipped_train_row(name, variant, dtype))
+                continue
             step = _train_step(model, batch, ctx.device, dtype)
             seconds = timeit(step, repeat=2 if ctx.quick else 5, warmup=1)
             rows.append(_train_row(ctx, name, variant, dtype, seconds, model, mask=source))
@@ -145,6 +156,11 @@ def compile_train(ctx: Context) -> list[Row]:
     name = "boldgpt_micro_patch10" if ctx.quick else "boldgpt_tiny_patch10"
     rows = []
     for dtype in ("float32", "bfloat16"):
+        if dtype == "bfloat16" and not ctx.fast_bf16:
+            row = _skipped_train_row(name, "continuous", dtype)
+            row.case += " torch.compile"
+            rows.append(row)
+            continue
         model = _build(name, "continuous", mask, ctx.device)
         batch = _batch(mask, model, ctx.device, BATCH)
         eager = timeit(_train_step(model, batch, ctx.device, dtype), repeat=3, warmup=1)
@@ -180,7 +196,7 @@ def sampling(ctx: Context) -> list[Row]:
     model = create_model(name, mask=mask).to(ctx.device).eval()
     N = model.num_patches
     threads = 1 if ctx.device.type == "cpu" else None
-    rows, per_map = [], {}
+    rows, per_map, floors = [], {}, {}
     with torch_threads(threads):
         for B in (1, 4, 64):
             repeat = 1 if (ctx.quick or B == 64) else 3
@@ -188,6 +204,7 @@ def sampling(ctx: Context) -> list[Row]:
                 synced(lambda B=B: sample(model, B, use_cache=True), ctx.device), repeat=repeat
             )
             per_map[B] = seconds / B
+            floors[B] = decoding_floor(model, B, ctx, threads or torch.get_num_threads())
             rows.append(
                 Row(
                     "models",
@@ -211,6 +228,21 @@ def sampling(ctx: Context) -> list[Row]:
         uncached = timeit(
             synced(lambda: sample(model, 4, use_cache=False), ctx.device), repeat=1, warmup=0
         )
+    for B, floor in floors.items():
+        if floor is None:
+            continue
+        seconds = per_map[B] * B
+        rows.append(
+            Row(
+                "models",
+                f"sample {name} B={B}: floor (memory traffic / matmul peak)",
+                floor["seconds"],
+                "s",
+                baseline="floor / measured time",
+                ratio=floor["seconds"] / seconds,
+                extra={k: v for k, v in floor.items() if k != "seconds"},
+            )
+        )
     cached4 = per_map[4] * 4
     rows.append(
         Row(
@@ -224,6 +256,35 @@ def sampling(ctx: Context) -> list[Row]:
         )
     )
     return rows
+
+
+def decoding_floor(model: Any, batch: int, ctx: Context, threads: int) -> dict | None:
+    """The least time a full KV-cache sample of ``batch`` maps can take on this machine:
+    each step reads every weight and the keys / values of every cached position (fp32),
+    and multiplies the new tokens by the weights; per step the larger of bytes / the
+    memory bandwidth measured on ``threads`` threads and FLOPs / the fp32 matmul peak
+    scaled to ``threads``. None without the CPU measurements (on a GPU)."""
+    gbps = ctx.read_gbps.get(threads)
+    peak = ctx.peak_gflops.get("float32")
+    if not gbps or not peak:
+        return None
+    b = model.backbone
+    P, N, depth, D = b.num_prefix, model.num_patches, len(b.blocks), b.embed_dim
+    weights = non_embedding_params(model)
+    peak_here = peak * threads / max(ctx.threads, threads)
+    memory_s = compute_s = 0.0
+    for cached in range(P, P + N):  # the prompt (the prefix), then one token per step
+        kv_bytes = 2 * depth * batch * cached * D * 4
+        memory_s += (4 * weights + kv_bytes) / (gbps * 1e9)
+        flops = 2 * weights * batch + 4 * depth * batch * cached * D
+        compute_s += flops / (peak_here * 1e9)
+    return {
+        "seconds": max(memory_s, compute_s),
+        "memory_seconds": round(memory_s, 4),
+        "compute_seconds": round(compute_s, 4),
+        "read_gb_per_s": round(gbps, 2),
+        "threads": threads,
+    }
 
 
 def creation(ctx: Context) -> list[Row]:

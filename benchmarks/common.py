@@ -45,6 +45,15 @@ class Row:
         return asdict(self)
 
 
+NO_BF16 = "skipped: this CPU has no native bf16 kernels (bf16 autocast is emulated there)"
+
+
+def skipped_row(bench: str, case: str, reason: str, target: str = "") -> Row:
+    """A row for a case that does not apply on this machine (value NaN, the reason in
+    ``extra["skipped"]``)."""
+    return Row(bench, case, float("nan"), "", target=target, extra={"skipped": reason})
+
+
 @dataclass
 class Context:
     """What every benchmark case gets: the run's options and the measured peaks."""
@@ -52,6 +61,9 @@ class Context:
     quick: bool
     device: Any  # torch.device
     peak_gflops: dict[str, float] = field(default_factory=dict)  # "float32" / "bfloat16"
+    read_gbps: dict[int, float] = field(default_factory=dict)  # threads -> memory read GB/s
+    fast_bf16: bool = True  # False on a CPU without native bf16 kernels (emulated)
+    threads: int = 1  # torch's threads for the roofline (all of them)
 
 
 def timeit(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> float:
@@ -89,6 +101,19 @@ def matmul_gflops(n: int, dtype: str = "float32", device: str = "cpu", repeat: i
     b = torch.randn(n, n, device=dev).to(getattr(torch, dtype))
     seconds = timeit(synced(lambda: a @ b, dev), repeat=repeat, warmup=2)
     return 2 * n**3 / seconds / 1e9
+
+
+def memory_read_gbps(threads: int, megabytes: int = 256, repeat: int = 5) -> float:
+    """Streaming read bandwidth of main memory (GB/s): the median time of summing a
+    ``megabytes`` float32 tensor (far larger than any cache) on ``threads`` threads.
+    Decoding one token at a time reads every weight and the KV cache per step, so this,
+    not the matmul peak, is its limit."""
+    import torch
+
+    a = torch.ones(megabytes * 2**20 // 4)
+    with torch_threads(threads):
+        seconds = timeit(lambda: a.sum(), repeat=repeat, warmup=2)
+    return a.numel() * 4 / seconds / 1e9
 
 
 def roofline(

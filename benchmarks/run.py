@@ -33,7 +33,17 @@ sys.path.insert(0, str(HERE))
 # as the boldgpt command does (boldgpt/cli/__init__.py): no spin-waiting OpenMP threads
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from common import ROOFLINE_SIZES, Context, Row, load_average, machine_info, roofline  # noqa: E402
+from common import (  # noqa: E402
+    NO_BF16,
+    ROOFLINE_SIZES,
+    Context,
+    Row,
+    load_average,
+    machine_info,
+    memory_read_gbps,
+    roofline,
+    skipped_row,
+)
 
 
 def available() -> list[str]:
@@ -85,16 +95,22 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from boldgpt.utils.machine import cpu_has_fast_bf16
+
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     info = machine_info()
     info["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
     info["load_average_before"] = load_average()
     print(f"machine: {info}")
     sizes = (512, 1024) if args.quick else ROOFLINE_SIZES
-    ctx = Context(quick=args.quick, device=device)
+    ctx = Context(quick=args.quick, device=device, threads=torch.get_num_threads())
     rows: list[Row] = []
     roof: dict[str, dict] = {}
+    ctx.fast_bf16 = device.type != "cpu" or cpu_has_fast_bf16()
     for dtype in ("float32", "bfloat16"):
+        if not ctx.fast_bf16 and dtype == "bfloat16":
+            rows.append(skipped_row("roofline", f"matmul {dtype}", NO_BF16))
+            continue
         peak, per_size = roofline(dtype, device.type, sizes)
         ctx.peak_gflops[dtype] = peak
         roof[dtype] = {"peak_gflops": round(peak, 1), "per_size": per_size}
@@ -107,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
                 extra={f"n={n}": round(g, 1) for n, g in per_size.items()},
             )
         )
+    if device.type == "cpu":
+        for threads in dict.fromkeys((1, torch.get_num_threads())):
+            gbps = memory_read_gbps(threads, megabytes=64 if args.quick else 256)
+            ctx.read_gbps[threads] = gbps
+            rows.append(Row("roofline", f"memory read, {threads} thread(s)", gbps, "GB/s"))
     failed = []
     for case, fn in selected:
         print(f"running {case} ...", flush=True)
@@ -152,7 +173,8 @@ def print_table(rows: list[Row]) -> None:
     for r in rows:
         ratio = f"{r.ratio:.3g} ({r.baseline})" if r.ratio is not None else ""
         met = "" if r.met is None else ("yes" if r.met else "NO")
-        lines.append([r.bench, r.case, f"{r.value:,.4g}", r.unit, ratio, r.target, met])
+        value = "skipped" if "skipped" in r.extra else f"{r.value:,.4g}"
+        lines.append([r.bench, r.case, value, r.unit, ratio, r.target, met])
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     for i, line in enumerate(lines):
         print("  ".join(str(c).ljust(w) for c, w in zip(line, widths)))

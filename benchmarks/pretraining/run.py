@@ -132,12 +132,17 @@ def table_rows(records: list[dict[str, Any]]) -> list[list[str]]:
     for family, metrics in METRICS.items():
         for metric in metrics:
             for (fam, init, fraction), rs in sorted(groups.items(), key=lambda kv: kv[0]):
-                values = [r["scores"].get(metric) for r in rs if fam == family]
-                values = [v for v in values if v is not None]
+                if fam != family:
+                    continue
+                # a seed without this score (its evaluation lacked it) is shown, not averaged
+                scored = [(r["seed"], r["scores"].get(metric)) for r in rs]
+                values = [v for _, v in scored if v is not None]
                 if not values:
                     continue
                 spread = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
-                seeds = ", ".join(f"{r['seed']}: {r['scores'][metric]:.4f}" for r in rs)
+                seeds = ", ".join(
+                    f"{seed}: " + ("n/a" if v is None else f"{v:.4f}") for seed, v in scored
+                )
                 rows.append(
                     [family, metric, init, f"{round(fraction * 100)}%",
                      f"{statistics.mean(values):.4f}{spread}", seeds]

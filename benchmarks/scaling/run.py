@@ -1,20 +1,33 @@
 """Scaling study of the continuous shuffled-order boldGPT (issue 9): next-patch loss and
-one-pass completion R² against training compute, for three model sizes on two simulated
-datasets, beside MaskedPCA and the mean map.
+one-pass completion R² against training compute, on two simulated datasets, beside
+MaskedPCA and the mean map.
 
-Reproduce the committed results and figure (hours on 2 CPU cores; one thread per run,
-at most ``--jobs`` runs at a time; finished runs are reused)::
+Two studies (``--study``), each with its own results folder and figure:
 
-    python benchmarks/scaling/run.py --out benchmarks/scaling/results
-    python benchmarks/scaling/run.py --out benchmarks/scaling/results --only demo-micro-struct-1400
-    python benchmarks/scaling/run.py --out benchmarks/scaling/results --report   # figure only
+- ``recipe`` (default; ``benchmarks/scaling/results-recipe``,
+  ``docs/figures/scaling_recipe.png``): the demo's final recipe (micro, 50% structured
+  order mix, completion head, lr 6e-3, warmup-stable-decay) on today's data, annealed at
+  1/4, 1/2, 1, 2 and 4 times the demo's compute (300 ... 4,800 steps of 16 maps); its
+  1,200-step branch is the demo's own training run;
+- ``sizes-and-orders`` (``benchmarks/scaling/results``, ``docs/figures/scaling.png``):
+  three model sizes, order mixes and regularisation on the earlier 10,000-map
+  ``sim:demo`` with the learning rates of then (described below).
 
-Datasets (:data:`DATASETS`): ``demo`` is the embedded ``sim:demo`` (the README demo's
+Reproduce the committed results and figures (about an hour for ``recipe``, hours for
+the other, on 2 CPU cores; one thread per run, at most ``--jobs`` runs at a time;
+finished runs in ``OUT/runs`` are reused)::
+
+    python benchmarks/scaling/run.py                       # the recipe study
+    python benchmarks/scaling/run.py --study sizes-and-orders
+    python benchmarks/scaling/run.py --study sizes-and-orders --only demo-micro-struct-1400
+    python benchmarks/scaling/run.py --report              # refit and redraw only
+
+Datasets: ``demo`` is the embedded ``sim:demo`` (the README demo's
 data); ``nsdmask`` is simulated by ``boldgpt data simulate`` at the demo's size with the
 real NSD-Flat mask and trial schedule from ``../shared/nsd`` when present (else the
 procedural mask and a generated schedule), 4 subjects, SNR 0.3.
 
-Runs (:data:`RUNS`, in launch order): the micro model (128 wide, 4 deep) trained with
+The sizes-and-orders runs (in launch order): the micro model (128 wide, 4 deep) trained with
 the demo's own cosine schedule for 1,400 steps of 16 maps (the demo's compute; this run
 IS the recipe, so the table comes from it), evaluated midway at 350 and 700 steps too
 (flagged not annealed); nano (64 / 3) and mini (192 / 6) trained once each with a
@@ -32,7 +45,7 @@ demo's evaluation (:mod:`boldgpt.evaluate.demo`), same maps, orders and seeds.
 
 Outputs in ``--out``: ``runs/<name>.json`` (one per run), ``baselines_<dataset>.json``,
 ``scaling.json`` (everything plus the fitted curves L(C) = a (C / C0)^-b + c and where
-each crosses MaskedPCA) and the figure (``--figure``, default docs/figures/scaling.png).
+each crosses MaskedPCA), ``table.md`` and the figure (``--figure``, default: the study's).
 """
 
 from __future__ import annotations
@@ -53,10 +66,11 @@ REPO = Path(__file__).resolve().parents[2]
 SHARED_NSD = REPO.parent / "shared" / "nsd"
 WORK = REPO / "runs" / "scaling" / "work"  # training outputs and logs (not committed)
 
-EVAL_SEED = 1234  # the demo's (boldgpt.evaluate.demo.EVAL_SEED)
+EVAL_SEED, QUERY_ORDERS = 1234, 8  # the demo's (boldgpt.evaluate.demo)
 EVAL_MAPS, COMPLETION_MAPS, PCA_MAPS, PCA_COMPONENTS = 512, 128, 4000, 128
 BATCH = 16
-DEMO_STEPS = 1400
+DEMO_STEPS = 1400  # the demo's steps when the sizes-and-orders study ran
+RECIPE_STEPS, RECIPE_LR = 1200, 6e-3  # the demo's today (the recipe study)
 STRUCT_MIX = {"random": 0.5, "outward": 0.25, "hemisphere": 0.25}
 MILD_MIX = {"random": 0.75, "outward": 0.125, "hemisphere": 0.125}
 MIN_LR = 1e-4  # the final learning rate of every run
@@ -93,6 +107,10 @@ class Run:
     midway: tuple[int, ...] = ()
     """Extra evaluations inside a cosine run, without annealing (flagged
     ``annealed: false``: pessimistic points of a shorter budget)."""
+    demo_steps: int = DEMO_STEPS
+    """The demo's training steps when the run was defined (its "demo compute")."""
+    query_orders: int = 1
+    """One-pass completion averaged over this many random prompt orders (the demo: 8)."""
 
 
 def _runs() -> list[Run]:
@@ -188,7 +206,54 @@ def _runs() -> list[Run]:
     return runs
 
 
-RUNS: dict[str, Run] = {r.name: r for r in _runs()}
+def _recipe_runs() -> list[Run]:
+    """The demo's final recipe (micro, 50% structured mix, completion head, lr 6e-3,
+    warmup-stable-decay, 1,200 steps) on today's data: one run per dataset, annealed at a
+    quarter of the demo's compute up to four times it; its 1,200-step branch is the
+    demo's own training."""
+    budgets = tuple(RECIPE_STEPS * k // 4 for k in (1, 2, 4, 8, 16))
+    return [
+        Run(
+            f"{ds}-recipe-wsd",
+            ds,
+            "micro",
+            budgets,
+            "wsd",
+            model_kwargs=dict(HEAD),
+            lr=RECIPE_LR,
+            autoregressive=True,
+            demo_steps=RECIPE_STEPS,
+            query_orders=QUERY_ORDERS,
+        )
+        for ds in ("demo", "nsdmask")
+    ]
+
+
+@dataclass(frozen=True)
+class Study:
+    """A set of runs with its own results folder, figure and demo compute."""
+
+    runs: tuple[Run, ...]
+    out: Path
+    figure: Path
+    about: str
+
+
+STUDIES: dict[str, Study] = {
+    "recipe": Study(
+        tuple(_recipe_runs()),
+        REPO / "benchmarks/scaling/results-recipe",
+        REPO / "docs/figures/scaling_recipe.png",
+        "the demo's final recipe on today's data (2026-12-01 on)",
+    ),
+    "sizes-and-orders": Study(
+        tuple(_runs()),
+        REPO / "benchmarks/scaling/results",
+        REPO / "docs/figures/scaling.png",
+        "sizes, order mixes and regularisation on the earlier 10,000-map sim:demo (2026-11)",
+    ),
+}
+RUNS: dict[str, Run] = {r.name: r for study in STUDIES.values() for r in study.runs}
 
 
 # ----------------------------------------------------------------------------- data
@@ -317,7 +382,9 @@ def train_and_evaluate(run: Run, out: Path, data_root: Path) -> dict[str, Any]:
         t_eval = time.perf_counter()
         ar = run.autoregressive and budget == stops[-1]
         with torch.random.fork_rng():
-            scores = evaluate_model(model, val_maps, val_sids, autoregressive=ar)
+            scores = evaluate_model(
+                model, val_maps, val_sids, autoregressive=ar, query_orders=run.query_orders
+            )
         point = {
             "steps": budget,
             "flops": flops_per_step * budget,
@@ -357,10 +424,10 @@ def _step(trainer: Any, name: str) -> None:
 
 
 def evaluate_model(
-    model: Any, maps: Any, sids: Any, autoregressive: bool = False
+    model: Any, maps: Any, sids: Any, autoregressive: bool = False, query_orders: int = 1
 ) -> dict[str, Any]:
     """Next-patch MSE (fixed / random orders) and completion R² (left / central 30%),
-    as in the demo."""
+    as in the demo (which averages the one pass over ``QUERY_ORDERS`` prompt orders)."""
     import torch
 
     from boldgpt.evaluate import metrics, tasks
@@ -377,7 +444,13 @@ def evaluate_model(
         observed = tasks.observed_patches(p, k, how, 0.3, EVAL_SEED)
         gen = torch.Generator().manual_seed(EVAL_SEED)
         r2, _ = tasks.completion_scores(
-            model, maps[:k], sids[:k], observed, methods=methods, generator=gen
+            model,
+            maps[:k],
+            sids[:k],
+            observed,
+            methods=methods,
+            generator=gen,
+            query_orders=query_orders,
         )
         out["completion_r2"][how] = {m: r2[f"model ({m})"] for m in methods}
     model.train()
@@ -530,7 +603,8 @@ def report(out: Path, figure: Path, data_root: Path) -> dict[str, Any]:
 
     results = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
     datasets = [d for d in ("demo", "nsdmask") if (out / f"baselines_{d}.json").exists()]
-    summary: dict[str, Any] = {"runs": results, "datasets": {}, "demo_steps": DEMO_STEPS}
+    demo_steps = _demo_steps(results)
+    summary: dict[str, Any] = {"runs": results, "datasets": {}, "demo_steps": demo_steps}
     fig, axes = plt.subplots(len(datasets), 4, figsize=(18, 4.2 * len(datasets)), squeeze=False)
     colors = {"nano": "tab:green", "micro": "tab:blue", "mini": "tab:purple"}
     colors["micro + head"] = "tab:red"
@@ -557,7 +631,7 @@ def report(out: Path, figure: Path, data_root: Path) -> dict[str, Any]:
                         (
                             point_value(p, key)
                             for s_, p in pts
-                            if size.startswith("micro") and s_ == DEMO_STEPS
+                            if size.startswith("micro") and s_ == demo_steps
                         ),
                         None,
                     ),
@@ -613,7 +687,8 @@ def table_markdown(results: list[dict[str, Any]], out: Path) -> str:
     """Issue 9's table for every micro run at the demo's compute (and the demo recipe's
     reference): next-patch MSE fixed / random and one-pass completion R² left / central
     30%, model beside MaskedPCA."""
-    rows = [r for r in results if r["run"]["size"] == "micro" and DEMO_STEPS in r["run"]["budgets"]]
+    steps = _demo_steps(results)
+    rows = [r for r in results if r["run"]["size"] == "micro" and steps in r["run"]["budgets"]]
     ref = out / "reference_demo_recipe.json"
     if ref.exists():
         rows.append(json.loads(ref.read_text()))
@@ -625,7 +700,7 @@ def table_markdown(results: list[dict[str, Any]], out: Path) -> str:
     for r in rows:
         run = r["run"]
         base = json.loads((out / f"baselines_{run['dataset']}.json").read_text())
-        pt = next(p for p in r["points"] if p["steps"] == DEMO_STEPS)
+        pt = next(p for p in r["points"] if p["steps"] == steps)
         mix = ", ".join(f"{k} {v:g}" for k, v in run["order_mix"].items())
         np_m = " / ".join(f"{pt['next_patch'][k]:.3f}" for k in ("fixed", "random"))
         np_b = " / ".join(f"{base['next_patch'][k]['MaskedPCA']:.3f}" for k in ("fixed", "random"))
@@ -662,10 +737,19 @@ def _other_mixes(
     return found
 
 
+def _demo_steps(results: list[dict[str, Any]]) -> int:
+    """The demo's steps when a folder's runs were defined (records older than the field:
+    the sizes-and-orders study's)."""
+    found = {r["run"].get("demo_steps", DEMO_STEPS) for r in results} or {RECIPE_STEPS}
+    if len(found) > 1:
+        raise ValueError(f"runs of different demo computes in one folder: {sorted(found)}")
+    return found.pop()
+
+
 def _demo_flops(results: list[dict[str, Any]]) -> float | None:
     for r in results:
         if r["run"]["size"] == "micro":
-            return r["flops_per_step"] * DEMO_STEPS
+            return r["flops_per_step"] * _demo_steps(results)
     return None
 
 
@@ -677,16 +761,22 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument(
-        "--out",
-        type=Path,
-        default=REPO / "benchmarks/scaling/results",
-        help="results folder: runs/*.json, baselines_*.json, scaling.json",
+        "--study",
+        choices=list(STUDIES),
+        default="recipe",
+        help="which runs: "
+        + "; ".join(
+            f"{k}: {v.about} (default out {v.out.relative_to(REPO)})" for k, v in STUDIES.items()
+        ),
     )
     ap.add_argument(
-        "--figure",
+        "--out",
         type=Path,
-        default=REPO / "docs/figures/scaling.png",
-        help="the figure (default docs/figures/scaling.png)",
+        default=None,
+        help="results folder: runs/*.json, baselines_*.json, scaling.json (default: the study's)",
+    )
+    ap.add_argument(
+        "--figure", type=Path, default=None, help="the figure (default: the study's, docs/figures/)"
     )
     ap.add_argument(
         "--data-root",
@@ -699,7 +789,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--report", action="store_true", help="only fit and draw from saved runs")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    out = args.out
+    study = STUDIES[args.study]
+    args.out = out = args.out or study.out
+    args.figure = args.figure or study.figure
     (out / "runs").mkdir(parents=True, exist_ok=True)
     if args.child:
         from boldgpt.utils.io import write_json
@@ -708,7 +800,7 @@ def main(argv: list[str] | None = None) -> None:
         write_json(out / "runs" / f"{args.child}.json", result)
         return
     if not args.report:
-        names = args.only.split(",") if args.only else list(RUNS)
+        names = args.only.split(",") if args.only else [r.name for r in study.runs]
         unknown = [n for n in names if n not in RUNS]
         if unknown:
             raise SystemExit(f"unknown runs {unknown}; known: {', '.join(RUNS)}")
