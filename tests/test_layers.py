@@ -272,30 +272,3 @@ def test_kv_cache_is_written_in_place():
             assert (cache.keys[0].data_ptr(), cache.values[0].data_ptr()) == storage
     assert cache.keys[0].shape[2] == 6 and cache.length == 6
     assert torch.equal(cache.keys[0][:, :, :2], prefix)
-
-
-def test_cache_keeps_fused_weights_for_its_generation_only():
-    # A cache holds each layer's fused [q | kv] weight from its first step (no per-step
-    # concatenation); a new cache after a weight update uses the new weights, and under
-    # autograd nothing is kept (the product stays in the step's own graph).
-    torch.manual_seed(0)
-    attn = Attention(16, 2).eval()
-    x = torch.randn(2, 5, 16)
-
-    def decode(cache: KVCache) -> torch.Tensor:
-        outs = []
-        for t in range(5):
-            outs.append(attn(x[:, t : t + 1], causal=True, cache=cache, layer=0))
-            cache.advance(1)
-        return torch.cat(outs, dim=1)
-
-    with torch.no_grad():
-        first = KVCache(5)
-        cached = decode(first)
-        assert set(first.fused_qkv) == {0}
-        assert torch.allclose(cached, reference_attention(attn, x, True), atol=1e-5)
-        attn.kv.weight.data.mul_(-1.0)
-        assert torch.allclose(decode(KVCache(5)), reference_attention(attn, x, True), atol=1e-5)
-    graded = KVCache(5)
-    attn(x[:, :1], causal=True, cache=graded, layer=0).square().sum().backward()
-    assert not graded.fused_qkv and attn.q.weight.grad.abs().sum() > 0

@@ -30,11 +30,6 @@ class KVCache:
     positions already stored; :meth:`advance` moves it after every layer has written
     the same new positions. Cross-attention keys/values of a fixed context are
     computed once and kept in ``cross``.
-
-    A cache serves one generation, during which the weights do not change: each
-    layer's fused q|k|v weight is concatenated on its first step and kept in
-    ``fused_qkv`` (decoding feeds one token per step, so a per-step concatenation of
-    the weights cost as much as a product).
     """
 
     def __init__(self, max_len: int):
@@ -45,7 +40,6 @@ class KVCache:
         self.keys: dict[int, torch.Tensor] = {}
         self.values: dict[int, torch.Tensor] = {}
         self.cross: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.fused_qkv: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     def update(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
@@ -122,18 +116,11 @@ class Attention(nn.Module):
         return torch.cat([q.weight, kv.weight]), bias
 
     def _queries_keys_values(
-        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0
+        self, x: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k, v (B, H, T, d) of x (B, T, D) from one fused product (its weight kept
-        in ``cache`` for the generation's later steps; not under autograd, where each
-        step's product must stay part of its own graph)."""
+        """q, k, v (B, H, T, d) of x (B, T, D) from one fused product."""
         B, T, _ = x.shape
-        if cache is None or torch.is_grad_enabled():
-            weight, bias = self._fused_qkv()
-        else:
-            if layer not in cache.fused_qkv:
-                cache.fused_qkv[layer] = self._fused_qkv()
-            weight, bias = cache.fused_qkv[layer]
+        weight, bias = self._fused_qkv()
         qkv = F.linear(x, weight, bias).view(B, T, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         return self.q_norm(q), self.k_norm(k), v
@@ -178,7 +165,7 @@ class Attention(nn.Module):
             layer: index of this layer in ``cache``.
         """
         T = x.shape[1]
-        q, k, v = self._queries_keys_values(x, cache, layer)
+        q, k, v = self._queries_keys_values(x)
         if cache is None:
             return self._attend(q, k, v, attn_mask, causal and attn_mask is None)
         start = cache.length
