@@ -103,10 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     info["load_average_before"] = load_average()
     print(f"machine: {info}")
     sizes = (512, 1024) if args.quick else ROOFLINE_SIZES
-    ctx = Context(quick=args.quick, device=device, threads=torch.get_num_threads())
+    ctx = Context(
+        quick=args.quick,
+        device=device,
+        fast_bf16=device.type != "cpu" or cpu_has_fast_bf16(),
+        threads=torch.get_num_threads(),
+    )
     rows: list[Row] = []
     roof: dict[str, dict] = {}
-    ctx.fast_bf16 = device.type != "cpu" or cpu_has_fast_bf16()
     for dtype in ("float32", "bfloat16"):
         if not ctx.fast_bf16 and dtype == "bfloat16":
             rows.append(skipped_row("roofline", f"matmul {dtype}", NO_BF16))

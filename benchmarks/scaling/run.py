@@ -62,15 +62,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+# The recipe study is the demo's own run, scored the demo's way: its constants, not copies
+# (importing the demo module brings torch: ~3 s before --help)
+from boldgpt.evaluate.demo import DEFAULT_STEPS as RECIPE_STEPS
+from boldgpt.evaluate.demo import DEMO_CONFIG, EVAL_SEED, PROMPT_FRACTION, QUERY_ORDERS
+
 REPO = Path(__file__).resolve().parents[2]
 SHARED_NSD = REPO.parent / "shared" / "nsd"
 WORK = REPO / "runs" / "scaling" / "work"  # training outputs and logs (not committed)
 
-EVAL_SEED, QUERY_ORDERS = 1234, 8  # the demo's (boldgpt.evaluate.demo)
 EVAL_MAPS, COMPLETION_MAPS, PCA_MAPS, PCA_COMPONENTS = 512, 128, 4000, 128
 BATCH = 16
 DEMO_STEPS = 1400  # the demo's steps when the sizes-and-orders study ran
-RECIPE_STEPS, RECIPE_LR = 1200, 6e-3  # the demo's today (the recipe study)
+RECIPE_LR = DEMO_CONFIG["optim"]["lr"]  # the recipe study's (the demo's today)
 STRUCT_MIX = {"random": 0.5, "outward": 0.25, "hemisphere": 0.25}
 MILD_MIX = {"random": 0.75, "outward": 0.125, "hemisphere": 0.125}
 MIN_LR = 1e-4  # the final learning rate of every run
@@ -441,7 +445,7 @@ def evaluate_model(
     k = min(COMPLETION_MAPS, len(maps))
     methods = ("query", "autoregressive") if autoregressive else ("query",)
     for how in ("left", "prefix"):
-        observed = tasks.observed_patches(p, k, how, 0.3, EVAL_SEED)
+        observed = tasks.observed_patches(p, k, how, PROMPT_FRACTION, EVAL_SEED)
         gen = torch.Generator().manual_seed(EVAL_SEED)
         r2, _ = tasks.completion_scores(
             model,
@@ -497,7 +501,7 @@ def baselines(dataset: str, out: Path, data_root: Path) -> dict[str, Any]:
         }
     k = min(COMPLETION_MAPS, len(maps))
     for how in ("left", "prefix"):
-        observed = tasks.observed_patches(p, k, how, 0.3, EVAL_SEED)
+        observed = tasks.observed_patches(p, k, how, PROMPT_FRACTION, EVAL_SEED)
         px = tasks.observed_pixels(p, observed)
         res["completion_r2"][how] = {
             "MaskedPCA": tasks.hidden_r2(
@@ -653,7 +657,7 @@ def report(out: Path, figure: Path, data_root: Path) -> dict[str, Any]:
                 ax.plot(pt["flops"], point_value(pt, key), marker="x", ms=9, ls="", label=name)
             for method, style in (("MaskedPCA", "--"), ("mean map", ":")):
                 ax.axhline(baseline_value(base, key, method), color="k", ls=style, label=method)
-            demo_flops = _demo_flops(results)
+            demo_flops = _demo_flops(results, demo_steps)
             if demo_flops:
                 ax.axvline(demo_flops, color="0.7", lw=1)
             ax.set_xscale("log")
@@ -746,10 +750,10 @@ def _demo_steps(results: list[dict[str, Any]]) -> int:
     return found.pop()
 
 
-def _demo_flops(results: list[dict[str, Any]]) -> float | None:
+def _demo_flops(results: list[dict[str, Any]], demo_steps: int) -> float | None:
     for r in results:
         if r["run"]["size"] == "micro":
-            return r["flops_per_step"] * _demo_steps(results)
+            return r["flops_per_step"] * demo_steps
     return None
 
 
