@@ -7,7 +7,11 @@ Cases (``--only`` matches their names, e.g. ``--only train``, ``--only sample``)
   ``boldgpt_tiny_patch10``, ``boldgpt_small_patch10`` (continuous and tokens) and
   ``boldbeit_small_patch10``; model FLOP/s as a fraction of the measured matmul peak of
   the dtype the products run in (model FLOPs per sample: 6 x non-embedding parameters x
-  tokens + 12 x layers x tokens^2 x width, tokens = patches + 1).
+  tokens + 12 x layers x tokens^2 x width, tokens = patches + 1). Beside each fp32 step,
+  its products alone (:func:`products_step`): the step's matrix products, forward and
+  backward, as plain ``mm`` / ``bmm`` calls with nothing else, i.e. the fraction of the
+  peak an eager step could reach if norms, activations, softmax, copies and the
+  optimizer were free.
 - ``compile``: the same step of ``boldgpt_tiny_patch10`` under ``torch.compile``: compile
   time (first steps) and samples/s against eager in the same run.
 - ``sample``: ``boldgpt_tiny_patch10`` drawing full maps with the KV cache at batch 1, 4
@@ -22,6 +26,7 @@ Cases (``--only`` matches their names, e.g. ``--only train``, ``--only sample``)
 from __future__ import annotations
 
 import contextlib
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -109,6 +114,8 @@ def _train_row(
             "step_seconds": round(seconds, 4),
             "model_gflops_per_s": round(flops, 1),
             "peak_gflops": round(peak, 1) if peak else None,
+            "peak_dtype": dtype,  # run.py rescales to the run's best peak of this dtype
+            "target_ratio": target,
             "tokens": sequence_tokens(model),
             "non_embedding_params_m": round(non_embedding_params(model) / 1e6, 3),
             "gflops_per_sample": round(train_flops_per_sample(model) / 1e9, 3),
@@ -116,6 +123,63 @@ def _train_row(
             **extra,
         },
     )
+
+
+def products_step(model: Any, batch: int, device: torch.device) -> tuple[Callable[[], None], float]:
+    """The matrix products of one training step of ``model`` at ``batch``, and nothing
+    else: per linear map (out, in) over all M = batch x tokens tokens, the forward
+    (M, in) x (in, out), the input gradient (M, out) x (out, in) and the weight gradient
+    (out, M) x (M, in) (self-attention's q and kv fused into one (3D, D) map, as the
+    model runs them); per attention layer, the forward Q K^T and P V and the backward's
+    four products of the same size, as batched products over batch x heads. Their FLOPs
+    are the model FLOPs of :func:`common.train_flops_per_sample` (up to biases and
+    norms), so its time against the peak bounds what an eager step can reach.
+
+    Returns the step and its FLOPs."""
+    from boldgpt.models.layers import Attention, CrossAttention
+
+    T = sequence_tokens(model)
+    M = batch * T
+    linears: list[tuple[int, int]] = []  # (out, in)
+    heads: list[tuple[int, int]] = []  # (heads, head dim) per self-attention layer
+    fused: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, Attention) and not isinstance(module, CrossAttention):
+            linears.append((module.q.out_features + module.kv.out_features, module.q.in_features))
+            fused |= {id(module.q), id(module.kv)}
+            heads.append((module.num_heads, module.head_dim))
+        elif isinstance(module, torch.nn.Linear) and id(module) not in fused:
+            linears.append((module.out_features, module.in_features))
+    g = torch.Generator(device=device).manual_seed(0)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, device=device, generator=g)
+
+    weights = [randn(o, i) for o, i in linears]  # one per map: cold as in a real step
+    x = {i: randn(M, i) for i in {i for _, i in linears}}
+    dy = {o: randn(M, o) for o in {o for o, _ in linears}}
+    qkv = {hd: [randn(batch * hd[0], T, hd[1]) for _ in range(4)] for hd in set(heads)}
+    p = randn(batch * max((h for h, _ in heads), default=1), T, T)
+
+    def step() -> None:
+        for (o, i), w in zip(linears, weights):
+            torch.mm(x[i], w.t())  # forward
+            torch.mm(dy[o], w)  # input gradient
+            torch.mm(dy[o].t(), x[i])  # weight gradient
+        for h, d in heads:
+            q, k, v, do = qkv[(h, d)]
+            s = p[: batch * h]
+            torch.bmm(q, k.transpose(1, 2))  # scores
+            torch.bmm(s, v)  # output
+            torch.bmm(do, v.transpose(1, 2))  # score gradient
+            torch.bmm(s.transpose(1, 2), do)  # value gradient
+            torch.bmm(s, k)  # query gradient
+            torch.bmm(s.transpose(1, 2), q)  # key gradient
+
+    flops = 6 * M * sum(o * i for o, i in linears) + 12 * batch * T * T * sum(
+        h * d for h, d in heads
+    )
+    return synced(step, device), flops
 
 
 def _skipped_train_row(name: str, variant: str, dtype: str) -> Row:
@@ -144,8 +208,30 @@ def train(ctx: Context) -> list[Row]:
                 rows.append(_skipped_train_row(name, variant, dtype))
                 continue
             step = _train_step(model, batch, ctx.device, dtype)
-            seconds = timeit(step, repeat=2 if ctx.quick else 5, warmup=1)
+            repeat = 2 if ctx.quick else 5
+            if dtype != "float32":
+                seconds = timeit(step, repeat=repeat, warmup=1)
+                rows.append(_train_row(ctx, name, variant, dtype, seconds, model, mask=source))
+                continue
+            # the step and its products alone, alternated: the host's speed drifts over
+            # minutes, and their ratio is what says how much of a step is not products
+            products, product_flops = products_step(model, BATCH, ctx.device)
+            step(), products()
+            pairs = [(timeit(step, 1, 0), timeit(products, 1, 0)) for _ in range(repeat)]
+            seconds = statistics.median(s for s, _ in pairs)
+            alone = statistics.median(p for _, p in pairs)
             rows.append(_train_row(ctx, name, variant, dtype, seconds, model, mask=source))
+            row = _train_row(ctx, name, variant, dtype, alone, model, mask=source)
+            row.case += ": products alone"
+            row.baseline = "fp32 matmul peak (the step's products, nothing else)"
+            row.target, row.met = "", None
+            row.extra["target_ratio"] = None
+            row.extra["step_seconds_whole"] = round(seconds, 4)
+            row.extra["step_time_in_products"] = round(
+                statistics.median(p / s for s, p in pairs), 3
+            )
+            row.extra["product_gflops_per_sample"] = round(product_flops / BATCH / 1e9, 3)
+            rows.append(row)
         del model
     return rows
 
