@@ -216,7 +216,8 @@ def train(ctx: Context) -> list[Row]:
             # the step and its products alone, alternated: the host's speed drifts over
             # minutes, and their ratio is what says how much of a step is not products
             products, product_flops = products_step(model, BATCH, ctx.device)
-            step(), products()
+            step()  # warm-up of both
+            products()
             pairs = [(timeit(step, 1, 0), timeit(products, 1, 0)) for _ in range(repeat)]
             seconds = statistics.median(s for s, _ in pairs)
             alone = statistics.median(p for _, p in pairs)
