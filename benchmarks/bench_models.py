@@ -95,18 +95,33 @@ def _train_step(model: Any, batch: dict, device: torch.device, dtype: str) -> Ca
 
 
 def _train_row(
-    ctx: Context, name: str, variant: str, dtype: str, seconds: float, model: Any, **extra: Any
+    ctx: Context,
+    name: str,
+    variant: str,
+    dtype: str,
+    seconds: float,
+    model: Any,
+    *,
+    products_alone: bool = False,
+    **extra: Any,
 ) -> Row:
+    """The row of a training step that took ``seconds``, or with ``products_alone`` of
+    its products alone (:func:`products_step`; no target: a bound, not a goal)."""
     flops = train_flops_per_sample(model) * BATCH / seconds / 1e9
     peak = ctx.peak_gflops.get(dtype)
-    target = TARGETS.get((name, variant, dtype))
     ratio = flops / peak if peak else None
+    case = f"train {name} {variant} B={BATCH} {dtype}"
+    if products_alone:
+        case += ": products alone"
+        baseline, target = "fp32 matmul peak (the step's products, nothing else)", None
+    else:
+        baseline, target = f"{dtype} matmul peak (MFU)", TARGETS.get((name, variant, dtype))
     return Row(
         bench="models",
-        case=f"train {name} {variant} B={BATCH} {dtype}",
+        case=case,
         value=BATCH / seconds,
         unit="samples/s",
-        baseline=f"{dtype} matmul peak (MFU)",
+        baseline=baseline,
         ratio=ratio,
         target=f">= {target:.2f}" if target else "",
         met=None if target is None or ratio is None else ratio >= target,
@@ -222,17 +237,21 @@ def train(ctx: Context) -> list[Row]:
             seconds = statistics.median(s for s, _ in pairs)
             alone = statistics.median(p for _, p in pairs)
             rows.append(_train_row(ctx, name, variant, dtype, seconds, model, mask=source))
-            row = _train_row(ctx, name, variant, dtype, alone, model, mask=source)
-            row.case += ": products alone"
-            row.baseline = "fp32 matmul peak (the step's products, nothing else)"
-            row.target, row.met = "", None
-            row.extra["target_ratio"] = None
-            row.extra["step_seconds_whole"] = round(seconds, 4)
-            row.extra["step_time_in_products"] = round(
-                statistics.median(p / s for s, p in pairs), 3
+            in_products = statistics.median(p / s for s, p in pairs)
+            products_row = _train_row(
+                ctx,
+                name,
+                variant,
+                dtype,
+                alone,
+                model,
+                products_alone=True,
+                mask=source,
+                step_seconds_whole=round(seconds, 4),
+                step_time_in_products=round(in_products, 3),
+                product_gflops_per_sample=round(product_flops / BATCH / 1e9, 3),
             )
-            row.extra["product_gflops_per_sample"] = round(product_flops / BATCH / 1e9, 3)
-            rows.append(row)
+            rows.append(products_row)
         del model
     return rows
 
