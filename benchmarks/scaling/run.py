@@ -682,16 +682,15 @@ def report(out: Path, figure: Path, data_root: Path) -> dict[str, Any]:
     plt.close(fig)
     write_json(out / "scaling.json", summary)
     with atomic_write(out / "table.md", "w") as f:
-        f.write(table_markdown(results, out))
+        f.write(table_markdown(results, out, demo_steps))
     print(f"wrote {out / 'scaling.json'} and {figure}")
     return summary
 
 
-def table_markdown(results: list[dict[str, Any]], out: Path) -> str:
-    """Issue 9's table for every micro run at the demo's compute (and the demo recipe's
-    reference): next-patch MSE fixed / random and one-pass completion R² left / central
-    30%, model beside MaskedPCA."""
-    steps = _demo_steps(results)
+def table_markdown(results: list[dict[str, Any]], out: Path, steps: int) -> str:
+    """Issue 9's table for every micro run at the demo's compute (``steps``, from
+    :func:`_demo_steps`) and the demo recipe's reference: next-patch MSE fixed / random
+    and one-pass completion R² left / central 30%, model beside MaskedPCA."""
     rows = [r for r in results if r["run"]["size"] == "micro" and steps in r["run"]["budgets"]]
     ref = out / "reference_demo_recipe.json"
     if ref.exists():
