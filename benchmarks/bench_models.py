@@ -4,10 +4,13 @@ Cases (``--only`` matches their names, e.g. ``--only train``, ``--only sample``)
 
 - ``train``: samples/s of a full AdamW step (forward, backward, update) at batch 16
   over the real NSD-Flat mask (253 patches), fp32 and bf16 autocast, for
-  ``boldgpt_tiny_patch10``, ``boldgpt_small_patch10`` (continuous and tokens) and
-  ``boldbeit_small_patch10``; model FLOP/s as a fraction of the measured matmul peak of
-  the dtype the products run in (model FLOPs per sample: 6 x non-embedding parameters x
-  tokens + 12 x layers x tokens^2 x width, tokens = patches + 1). Beside each fp32 step,
+  ``boldgpt_tiny_patch10``, ``boldgpt_small_patch10`` (continuous and tokens),
+  ``boldbeit_small_patch10``, ``cbip_small_patch10`` and ``image2bold_small_patch10``
+  (64 px pictures; their frozen image encoder's outputs are cached per stimulus, as in
+  training, so it does not run in the timed steps); model FLOP/s as a fraction of the
+  measured matmul peak of the dtype the products run in (model FLOPs per sample: 6 x
+  non-embedding parameters x tokens + 12 x layers x tokens^2 x width, tokens = patches
+  + 1, each parameter counted by the tokens it multiplies: see :mod:`flops`). Beside each fp32 step,
   its products alone (:func:`products_step`): the step's matrix products, forward and
   backward, as plain ``mm`` / ``bmm`` calls with nothing else, i.e. the fraction of the
   peak an eager step could reach if norms, activations, softmax, copies and the
@@ -20,12 +23,14 @@ Cases (``--only`` matches their names, e.g. ``--only train``, ``--only sample``)
   a second thread and lose much when the cores are shared).
 - ``create``: seconds to build ``boldgpt_small_patch10``.
 
-``--quick`` uses ``boldgpt_micro_patch10`` and fewer repeats (a smoke run).
+``--quick`` uses ``boldgpt_micro_patch10`` (and ``image2bold_micro_patch10`` for training)
+and fewer repeats (a smoke run).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -35,19 +40,8 @@ import torch
 
 from boldgpt.generate import sample
 from boldgpt.models.registry import create_model
-from common import (
-    NO_BF16,
-    Context,
-    Row,
-    load_mask,
-    non_embedding_params,
-    sequence_tokens,
-    skipped_row,
-    synced,
-    timeit,
-    torch_threads,
-    train_flops_per_sample,
-)
+from common import NO_BF16, Context, Row, load_mask, skipped_row, synced, timeit, torch_threads
+from flops import Census, census, non_embedding_params, sequence_tokens
 
 BATCH = 16
 TARGETS = {  # (model, variant, dtype) -> minimum fraction of that dtype's matmul peak
@@ -63,11 +57,18 @@ def _autocast(device: torch.device, dtype: str) -> Any:
     return torch.autocast(device.type, dtype=getattr(torch, dtype))
 
 
-def _batch(mask: Any, model: Any, device: torch.device, batch: int) -> dict[str, torch.Tensor]:
+def _batch(model: Any, device: torch.device, batch: int) -> dict[str, torch.Tensor]:
+    """Maps inside the model's mask and subject ids; models that also read pictures get
+    normalised pictures (B, 3, S, S) and one stimulus id per sample (``nsd_id``)."""
     m = model.patchify.mask.to(device)
     torch.manual_seed(0)
     activity = (torch.randn(batch, *m.shape, device=device) * m).clamp(-2.5, 2.5)
-    return {"activity": activity, "subject_id": torch.arange(batch, device=device) % 8}
+    out = {"activity": activity, "subject_id": torch.arange(batch, device=device) % 8}
+    if "image" in model.config.batch_keys:
+        S = model.config.image_size
+        out["image"] = torch.randn(batch, 3, S, S, device=device)
+        out["nsd_id"] = torch.arange(batch, device=device)
+    return out
 
 
 def _build(name: str, variant: str, mask: Any, device: torch.device) -> Any:
@@ -96,18 +97,21 @@ def _train_step(model: Any, batch: dict, device: torch.device, dtype: str) -> Ca
 
 def _train_row(
     ctx: Context,
+    model: Any,
+    products: Census,
     name: str,
     variant: str,
     dtype: str,
     seconds: float,
-    model: Any,
     *,
     products_alone: bool = False,
     **extra: Any,
 ) -> Row:
-    """The row of a training step that took ``seconds``, or with ``products_alone`` of
-    its products alone (:func:`products_step`; no target: a bound, not a goal)."""
-    flops = train_flops_per_sample(model) * BATCH / seconds / 1e9
+    """The row of a training step that took ``seconds`` (``products``: its census, for
+    the model FLOPs), or with ``products_alone`` of its products alone
+    (:func:`products_step`; no target: a bound, not a goal)."""
+    per_sample = products.flops_per_sample()
+    flops = per_sample * BATCH / seconds / 1e9
     peak = ctx.peak_gflops.get(dtype)
     ratio = flops / peak if peak else None
     case = f"train {name} {variant} B={BATCH} {dtype}"
@@ -133,68 +137,56 @@ def _train_row(
             "target_ratio": target,
             "tokens": sequence_tokens(model),
             "non_embedding_params_m": round(non_embedding_params(model) / 1e6, 3),
-            "gflops_per_sample": round(train_flops_per_sample(model) / 1e9, 3),
+            "gflops_per_sample": round(per_sample / 1e9, 3),
             "device": str(ctx.device),
             **extra,
         },
     )
 
 
-def products_step(model: Any, batch: int, device: torch.device) -> tuple[Callable[[], None], float]:
-    """The matrix products of one training step of ``model`` at ``batch``, and nothing
-    else: per linear map (out, in) over all M = batch x tokens tokens, the forward
-    (M, in) x (in, out), the input gradient (M, out) x (out, in) and the weight gradient
-    (out, M) x (M, in) (self-attention's q and kv fused into one (3D, D) map, as the
-    model runs them); per attention layer, the forward Q K^T and P V and the backward's
-    four products of the same size, as batched products over batch x heads. Their FLOPs
-    are the model FLOPs of :func:`common.train_flops_per_sample` (up to biases and
-    norms), so its time against the peak bounds what an eager step can reach.
+def products_step(products: Census, device: torch.device) -> tuple[Callable[[], None], float]:
+    """The matrix products of one training step, and nothing else, from the census of
+    its forward: per linear map call (out, in) over its rows, the forward (rows, in) x
+    (in, out), the input gradient (rows, out) x (out, in) and the weight gradient
+    (out, rows) x (rows, in); per attention call, the forward Q K^T and P V and the
+    backward's four products of the same sizes, as batched products over batch x heads.
+    Their FLOPs are the model FLOPs (:meth:`Census.flops_per_sample` x batch, up to
+    biases and norms), so its time against the peak bounds what an eager step can
+    reach. Every call gets its own weight (cold, as in a real step).
 
     Returns the step and its FLOPs."""
-    from boldgpt.models.layers import Attention, CrossAttention
-
-    T = sequence_tokens(model)
-    M = batch * T
-    linears: list[tuple[int, int]] = []  # (out, in)
-    heads: list[tuple[int, int]] = []  # (heads, head dim) per self-attention layer
-    fused: set[int] = set()
-    for module in model.modules():
-        if isinstance(module, Attention) and not isinstance(module, CrossAttention):
-            linears.append((module.q.out_features + module.kv.out_features, module.q.in_features))
-            fused |= {id(module.q), id(module.kv)}
-            heads.append((module.num_heads, module.head_dim))
-        elif isinstance(module, torch.nn.Linear) and id(module) not in fused:
-            linears.append((module.out_features, module.in_features))
     g = torch.Generator(device=device).manual_seed(0)
 
     def randn(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, device=device, generator=g)
 
-    weights = [randn(o, i) for o, i in linears]  # one per map: cold as in a real step
-    x = {i: randn(M, i) for i in {i for _, i in linears}}
-    dy = {o: randn(M, o) for o in {o for o, _ in linears}}
-    qkv = {hd: [randn(batch * hd[0], T, hd[1]) for _ in range(4)] for hd in set(heads)}
-    p = randn(batch * max((h for h, _ in heads), default=1), T, T)
+    linears = [(o, i, rows) for o, i, rows, _ in products.linears]
+    weights = [randn(o, i) for o, i, _ in linears]
+    x = {(rows, i): randn(rows, i) for _, i, rows in linears}
+    dy = {(rows, o): randn(rows, o) for o, _, rows in linears}
+    # per shape: q and the output gradient (BH, tq, d), k and v (BH, tk, d), P (BH, tq, tk)
+    attention = {
+        (bh, tq, tk, d): (randn(bh, tq, d), randn(bh, tk, d), randn(bh, tk, d), randn(bh, tq, d))
+        for bh, tq, tk, d in products.attention
+    }
+    probs = {(bh, tq, tk): randn(bh, tq, tk) for bh, tq, tk, _ in products.attention}
 
     def step() -> None:
-        for (o, i), w in zip(linears, weights):
-            torch.mm(x[i], w.t())  # forward
-            torch.mm(dy[o], w)  # input gradient
-            torch.mm(dy[o].t(), x[i])  # weight gradient
-        for h, d in heads:
-            q, k, v, do = qkv[(h, d)]
-            s = p[: batch * h]
+        for (o, i, rows), w in zip(linears, weights):
+            torch.mm(x[rows, i], w.t())  # forward
+            torch.mm(dy[rows, o], w)  # input gradient
+            torch.mm(dy[rows, o].t(), x[rows, i])  # weight gradient
+        for bh, tq, tk, d in products.attention:
+            q, k, v, do = attention[bh, tq, tk, d]
+            p = probs[bh, tq, tk]
             torch.bmm(q, k.transpose(1, 2))  # scores
-            torch.bmm(s, v)  # output
+            torch.bmm(p, v)  # output
             torch.bmm(do, v.transpose(1, 2))  # score gradient
-            torch.bmm(s.transpose(1, 2), do)  # value gradient
-            torch.bmm(s, k)  # query gradient
-            torch.bmm(s.transpose(1, 2), q)  # key gradient
+            torch.bmm(p.transpose(1, 2), do)  # value gradient
+            torch.bmm(p, k)  # query gradient
+            torch.bmm(p.transpose(1, 2), q)  # key gradient
 
-    flops = 6 * M * sum(o * i for o, i in linears) + 12 * batch * T * T * sum(
-        h * d for h, d in heads
-    )
-    return synced(step, device), flops
+    return synced(step, device), products.product_flops()
 
 
 def _skipped_train_row(name: str, variant: str, dtype: str) -> Row:
@@ -206,53 +198,56 @@ def _skipped_train_row(name: str, variant: str, dtype: str) -> Row:
 def train(ctx: Context) -> list[Row]:
     mask, source = load_mask()
     if ctx.quick:
-        models = [("boldgpt_micro_patch10", "continuous")]
+        models = [
+            ("boldgpt_micro_patch10", "continuous"),
+            ("image2bold_micro_patch10", "continuous"),
+        ]
     else:
         models = [
             ("boldgpt_tiny_patch10", "continuous"),
             ("boldgpt_small_patch10", "continuous"),
             ("boldgpt_small_patch10", "tokens"),
             ("boldbeit_small_patch10", "continuous"),
+            ("cbip_small_patch10", "continuous"),
+            ("image2bold_small_patch10", "continuous"),
         ]
     rows = []
     for name, variant in models:
         model = _build(name, variant, mask, ctx.device)
-        batch = _batch(mask, model, ctx.device, BATCH)
+        batch = _batch(model, ctx.device, BATCH)
+        products = census(model, batch)  # (also fills a frozen image encoder's cache)
+        extra: dict[str, Any] = {"mask": source}
+        if "image" in batch:
+            extra["image_encoder"] = "frozen; outputs cached per stimulus (not run in the steps)"
         for dtype in ("float32", "bfloat16"):
             if dtype == "bfloat16" and not ctx.fast_bf16:
                 rows.append(_skipped_train_row(name, variant, dtype))
                 continue
             step = _train_step(model, batch, ctx.device, dtype)
             repeat = 2 if ctx.quick else 5
+            # row(seconds, **extra): this case's row of a step that took ``seconds``
+            row = functools.partial(_train_row, ctx, model, products, name, variant, dtype)
             if dtype != "float32":
-                seconds = timeit(step, repeat=repeat, warmup=1)
-                rows.append(_train_row(ctx, name, variant, dtype, seconds, model, mask=source))
+                rows.append(row(timeit(step, repeat=repeat, warmup=1), **extra))
                 continue
             # the step and its products alone, alternated: the host's speed drifts over
             # minutes, and their ratio is what says how much of a step is not products
-            products, product_flops = products_step(model, BATCH, ctx.device)
+            alone_step, product_flops = products_step(products, ctx.device)
             step()  # warm-up of both
-            products()
-            pairs = [(timeit(step, 1, 0), timeit(products, 1, 0)) for _ in range(repeat)]
+            alone_step()
+            pairs = [(timeit(step, 1, 0), timeit(alone_step, 1, 0)) for _ in range(repeat)]
             seconds = statistics.median(s for s, _ in pairs)
-            alone = statistics.median(p for _, p in pairs)
-            rows.append(_train_row(ctx, name, variant, dtype, seconds, model, mask=source))
-            in_products = statistics.median(p / s for s, p in pairs)
-            products_row = _train_row(
-                ctx,
-                name,
-                variant,
-                dtype,
-                alone,
-                model,
-                products_alone=True,
-                mask=source,
-                step_seconds_whole=round(seconds, 4),
-                step_time_in_products=round(in_products, 3),
-                product_gflops_per_sample=round(product_flops / BATCH / 1e9, 3),
+            rows.append(row(seconds, **extra))
+            rows.append(
+                row(
+                    statistics.median(p for _, p in pairs),
+                    products_alone=True,
+                    step_seconds_whole=round(seconds, 4),
+                    step_time_in_products=round(statistics.median(p / s for s, p in pairs), 3),
+                    product_gflops_per_sample=round(product_flops / BATCH / 1e9, 3),
+                    **extra,
+                )
             )
-            rows.append(products_row)
-        del model
     return rows
 
 
@@ -268,7 +263,8 @@ def compile_train(ctx: Context) -> list[Row]:
             rows.append(row)
             continue
         model = _build(name, "continuous", mask, ctx.device)
-        batch = _batch(mask, model, ctx.device, BATCH)
+        batch = _batch(model, ctx.device, BATCH)
+        products = census(model, batch)
         eager = timeit(_train_step(model, batch, ctx.device, dtype), repeat=3, warmup=1)
         compiled = torch.compile(model)
         step = _train_step(compiled, batch, ctx.device, dtype)
@@ -279,11 +275,12 @@ def compile_train(ctx: Context) -> list[Row]:
         seconds = timeit(step, repeat=3, warmup=0)
         row = _train_row(
             ctx,
+            model,
+            products,
             name,
             "continuous",
             dtype,
             seconds,
-            model,
             mask=source,
             compile_seconds=round(compile_seconds, 1),
             eager_step_seconds=round(eager, 4),

@@ -1,5 +1,5 @@
-"""Shared helpers for the benchmarks: timing, the machine's roofline, model FLOPs,
-the benchmark mask, a synthetic map cache, result rows."""
+"""Shared helpers for the benchmarks: timing, the machine's roofline, the benchmark
+mask, a synthetic map cache, result rows (model FLOPs: :mod:`flops`)."""
 
 from __future__ import annotations
 
@@ -123,30 +123,6 @@ def roofline(
     of :func:`matmul_gflops`; also returns every size's figure."""
     per_size = {n: matmul_gflops(n, dtype, device) for n in sizes}
     return max(per_size.values()), per_size
-
-
-def non_embedding_params(model: Any) -> int:
-    """Parameters that multiply every token: all but the backbone's own tables
-    (position embeddings, next-position queries, subject / group / register / mask
-    tokens), which are looked up rather than multiplied."""
-    return sum(
-        p.numel()
-        for name, p in model.named_parameters()
-        if not (name.startswith("backbone.") and "." not in name[len("backbone.") :])
-    )
-
-
-def sequence_tokens(model: Any) -> int:
-    """Tokens of a full training sequence: prefix (subject token) + patches."""
-    return model.backbone.num_prefix + model.num_patches
-
-
-def train_flops_per_sample(model: Any) -> int:
-    """Model FLOPs of one training sample (forward + backward, the usual estimate):
-    6 x non-embedding parameters x tokens + 12 x layers x tokens^2 x width."""
-    T = sequence_tokens(model)
-    layers, width = len(model.backbone.blocks), model.backbone.embed_dim
-    return 6 * non_embedding_params(model) * T + 12 * layers * T * T * width
 
 
 def load_mask() -> tuple[Any, str]:

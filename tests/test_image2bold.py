@@ -165,3 +165,22 @@ def test_the_shipped_config_trains_the_one_pass_path_of_every_slot():
         image_queries=kwargs["image_queries"],
     )  # fmt: skip
     assert model.config.image_queries >= model.num_patches
+
+
+def test_estimate_flops_counts_the_map_side_not_the_frozen_encoder():
+    # 3 x forward FLOPs against torch's count of a real forward + backward (math
+    # attention: the CPU flash kernel is not counted) once the encoder's outputs are
+    # cached; 3x is a few % high on a model this narrow (the patch embedding and the
+    # context projection need no input gradient). Counting the encoder's weights per
+    # map token made it 2.8x.
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = image2bold().train()
+    b = batch(2)
+    model(b)  # fills the per-stimulus cache
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(b).loss.backward()
+    M = model.image_encoder.num_tokens
+    estimate = 3 * model.estimate_flops(context_len=M) * 2
+    assert estimate == pytest.approx(counter.get_total_flops(), rel=0.05)

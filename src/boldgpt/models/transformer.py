@@ -536,8 +536,9 @@ class PatchModel(nn.Module):
         per_token, per_context = 0, 0
         for name, m in self.named_modules():
             # (a completion head runs a few times per sample, not per token: its
-            # family counts it)
-            if isinstance(m, nn.Linear) and not name.startswith("completion."):
+            # family counts it; a frozen image encoder runs once per picture)
+            per_sample = name.startswith(("completion.", "image_encoder."))
+            if isinstance(m, nn.Linear) and not per_sample:
                 # the context's key/value projections run over the context, not the map
                 on_context = name.endswith(".cross.kv") or name.endswith("cross_embed")
                 if on_context:
