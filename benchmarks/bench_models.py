@@ -19,8 +19,9 @@ Cases (``--only`` matches their names, e.g. ``--only train``, ``--only sample``)
   time (first steps) and samples/s against eager in the same run.
 - ``sample``: ``boldgpt_tiny_patch10`` drawing full maps with the KV cache at batch 1, 4
   and 64 (seconds per batch, maps/s, tokens/s), and batch 4 without the cache; decoding
-  runs on one CPU thread, as ``boldgpt generate`` does (small products gain nothing from
-  a second thread and lose much when the cores are shared).
+  runs on one CPU thread, as ``boldgpt generate`` does by default (its small products
+  lose much from more threads when the cores are shared), and batch 4 and 64 again on all
+  threads (``--threads``: what they buy on an idle machine).
 - ``create``: seconds to build ``boldgpt_small_patch10``.
 
 ``--quick`` uses ``boldgpt_micro_patch10`` (and ``image2bold_micro_patch10`` for training)
@@ -40,7 +41,8 @@ import torch
 
 from boldgpt.generate import sample
 from boldgpt.models.registry import create_model
-from common import NO_BF16, Context, Row, load_mask, skipped_row, synced, timeit, torch_threads
+from boldgpt.utils.threads import cpu_threads
+from common import NO_BF16, Context, Row, load_mask, skipped_row, synced, timeit
 from flops import Census, census, non_embedding_params, sequence_tokens
 
 BATCH = 16
@@ -300,7 +302,7 @@ def sampling(ctx: Context) -> list[Row]:
     N = model.num_patches
     threads = 1 if ctx.device.type == "cpu" else None
     rows, per_map, floors = [], {}, {}
-    with torch_threads(threads):
+    with cpu_threads(threads):
         for B in (1, 4, 64):
             repeat = 1 if (ctx.quick or B == 64) else 3
             seconds = timeit(
@@ -331,6 +333,25 @@ def sampling(ctx: Context) -> list[Row]:
         uncached = timeit(
             synced(lambda: sample(model, 4, use_cache=False), ctx.device), repeat=1, warmup=0
         )
+    if threads is not None and ctx.threads > 1:
+        # what `boldgpt generate --threads` buys when nothing else uses the cores
+        for B in (4, 64):
+            seconds = timeit(
+                synced(lambda B=B: sample(model, B, use_cache=True), ctx.device),
+                repeat=1 if (ctx.quick or B == 64) else 3,
+                warmup=0 if B == 64 else 1,
+            )
+            rows.append(
+                Row(
+                    "models",
+                    f"sample {name} B={B} with KV cache, {ctx.threads} threads",
+                    seconds,
+                    "s",
+                    baseline="speed-up over 1 thread",
+                    ratio=per_map[B] * B / seconds,
+                    extra={"maps_per_s": round(B / seconds, 2), "threads": ctx.threads},
+                )
+            )
     for B, floor in floors.items():
         if floor is None:
             continue

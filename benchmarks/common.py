@@ -3,14 +3,13 @@ mask, a synthetic map cache, result rows (model FLOPs: :mod:`flops`)."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import platform
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,8 +109,10 @@ def memory_read_gbps(threads: int, megabytes: int = 256, repeat: int = 5) -> flo
     not the matmul peak, is its limit."""
     import torch
 
+    from boldgpt.utils.threads import cpu_threads
+
     a = torch.ones(megabytes * 2**20 // 4)
-    with torch_threads(threads):
+    with cpu_threads(threads):
         seconds = timeit(lambda: a.sum(), repeat=repeat, warmup=2)
     return a.numel() * 4 / seconds / 1e9
 
@@ -182,20 +183,6 @@ def peak_rss_mb() -> float:
 
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 1024 if platform.system() != "Darwin" else kb / 2**20
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run a block with ``n`` torch CPU threads (None: unchanged)."""
-    import torch
-
-    previous = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def write_synthetic_cache(

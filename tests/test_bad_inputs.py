@@ -530,6 +530,7 @@ def test_cli_generate_with_a_missing_model(tmp_path, capsys):
     "extra, named",
     [
         (["--num", "0"], "--num"),
+        (["--threads", "0"], "--threads"),
         (["--complete", "--num-orders", "4"], "--num-orders 4"),  # fixed prompt order
         (["--complete", "--prompt-order", "random", "--num-orders", "0"], "--num-orders 0"),
         (

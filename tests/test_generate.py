@@ -443,3 +443,21 @@ def test_one_pass_completion_needs_queries_and_is_not_for_beit():
     beit = BEiT(BEiTConfig(patch_size=10, embed_dim=32, depth=2, num_heads=4), small_mask())
     with pytest.raises(ValueError, match="decodes in parallel"):
         complete(beit.eval(), patches, observed, method="query")
+
+
+def test_cli_generate_decodes_on_the_threads_asked_for(monkeypatch):
+    # one thread by default (robust when the cores are shared), --threads N on request,
+    # and the process's own setting restored afterwards
+    import boldgpt.cli.generate as cli_generate
+    from boldgpt.cli import main
+
+    seen = []
+
+    def record(args, device):
+        seen.append(torch.get_num_threads())
+
+    monkeypatch.setattr(cli_generate, "_generate", record)
+    before = torch.get_num_threads()
+    for extra in ([], ["--threads", "3"]):
+        assert main(["generate", "MODEL", "--device", "cpu", *extra]) == 0
+    assert seen == [1, 3] and torch.get_num_threads() == before
