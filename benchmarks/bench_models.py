@@ -10,11 +10,11 @@ Cases (``--only`` matches their names, e.g. ``--only train``, ``--only sample``)
   training, so it does not run in the timed steps); model FLOP/s as a fraction of the
   measured matmul peak of the dtype the products run in (model FLOPs per sample: 6 x
   non-embedding parameters x tokens + 12 x layers x tokens^2 x width, tokens = patches
-  + 1, each parameter counted by the tokens it multiplies: see :mod:`flops`). Beside each fp32 step,
-  its products alone (:func:`products_step`): the step's matrix products, forward and
-  backward, as plain ``mm`` / ``bmm`` calls with nothing else, i.e. the fraction of the
-  peak an eager step could reach if norms, activations, softmax, copies and the
-  optimizer were free.
+  + 1, each parameter counted by the tokens it multiplies: see :mod:`flops`). Beside
+  each fp32 step, its products alone (:func:`products_step`): the step's matrix
+  products, forward and backward, as plain ``mm`` / ``bmm`` calls with nothing else,
+  i.e. the fraction of the peak an eager step could reach if norms, activations,
+  softmax, copies and the optimizer were free.
 - ``compile``: the same step of ``boldgpt_tiny_patch10`` under ``torch.compile``: compile
   time (first steps) and samples/s against eager in the same run.
 - ``sample``: ``boldgpt_tiny_patch10`` drawing full maps with the KV cache at batch 1, 4
@@ -146,17 +146,16 @@ def _train_row(
     )
 
 
-def products_step(products: Census, device: torch.device) -> tuple[Callable[[], None], float]:
+def products_step(products: Census, device: torch.device) -> Callable[[], None]:
     """The matrix products of one training step, and nothing else, from the census of
     its forward: per linear map call (out, in) over its rows, the forward (rows, in) x
     (in, out), the input gradient (rows, out) x (out, in) and the weight gradient
     (out, rows) x (rows, in); per attention call, the forward Q K^T and P V and the
     backward's four products of the same sizes, as batched products over batch x heads.
-    Their FLOPs are the model FLOPs (:meth:`Census.flops_per_sample` x batch, up to
-    biases and norms), so its time against the peak bounds what an eager step can
-    reach. Every call gets its own weight (cold, as in a real step).
-
-    Returns the step and its FLOPs."""
+    Their FLOPs (:meth:`Census.product_flops`) are the model FLOPs
+    (:meth:`Census.flops_per_sample` x batch) up to biases and norms, so its time against
+    the peak bounds what an eager step can reach. Every call gets its own weight (cold,
+    as in a real step)."""
     g = torch.Generator(device=device).manual_seed(0)
 
     def randn(*shape: int) -> torch.Tensor:
@@ -188,7 +187,7 @@ def products_step(products: Census, device: torch.device) -> tuple[Callable[[], 
             torch.bmm(p, k)  # query gradient
             torch.bmm(p.transpose(1, 2), q)  # key gradient
 
-    return synced(step, device), products.product_flops()
+    return synced(step, device)
 
 
 def _skipped_train_row(name: str, variant: str, dtype: str) -> Row:
@@ -234,7 +233,7 @@ def train(ctx: Context) -> list[Row]:
                 continue
             # the step and its products alone, alternated: the host's speed drifts over
             # minutes, and their ratio is what says how much of a step is not products
-            alone_step, product_flops = products_step(products, ctx.device)
+            alone_step = products_step(products, ctx.device)
             step()  # warm-up of both
             alone_step()
             pairs = [(timeit(step, 1, 0), timeit(alone_step, 1, 0)) for _ in range(repeat)]
@@ -246,7 +245,7 @@ def train(ctx: Context) -> list[Row]:
                     products_alone=True,
                     step_seconds_whole=round(seconds, 4),
                     step_time_in_products=round(statistics.median(p / s for s, p in pairs), 3),
-                    product_gflops_per_sample=round(product_flops / BATCH / 1e9, 3),
+                    product_gflops_per_sample=round(products.product_flops() / BATCH / 1e9, 3),
                     **extra,
                 )
             )
