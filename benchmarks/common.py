@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+import boldgpt  # noqa: F401  (before torch: on AMD CPUs it lets MKL use its fast kernels)
+
 REPO = Path(__file__).resolve().parents[1]
 NSD_MASK = REPO / ".." / "shared" / "nsd" / "nsd_flat_mask.npy"
 ROOFLINE_SIZES = (1024, 2048, 4096)
@@ -164,6 +166,7 @@ def machine_info() -> dict[str, Any]:
     import torch
 
     from boldgpt.utils.machine import cpu_description
+    from boldgpt.utils.mkl import mkl_status
 
     return {
         "machine": platform.machine(),
@@ -171,6 +174,7 @@ def machine_info() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        **mkl_status(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),
         "git_commit": git_commit(),

@@ -8,6 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# before anything imports torch, as the `boldgpt` command does: the tests then run the
+# same MKL kernels as the command (boldgpt.utils.mkl)
+import boldgpt  # noqa: F401
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 

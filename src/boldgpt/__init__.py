@@ -18,8 +18,13 @@ The names below are imported lazily, so ``import boldgpt`` is cheap.
 from __future__ import annotations
 
 from boldgpt.utils.lazy import lazy_exports
+from boldgpt.utils.mkl import enable_fast_mkl
 
 __version__ = "0.1.0"
+
+# Before anything imports torch: on AMD CPUs, let torch's MKL use its optimised kernels
+# (boldgpt.utils.mkl; BOLDGPT_FAST_MKL=0 turns it off).
+enable_fast_mkl()
 
 _LAZY = {
     "create_model": "boldgpt.models.registry",

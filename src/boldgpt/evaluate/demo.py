@@ -474,6 +474,7 @@ def _summary(
 ) -> dict[str, Any]:
     """What ``summary.json`` holds (timings and device are added by the caller)."""
     from boldgpt.utils.machine import cpu_description
+    from boldgpt.utils.mkl import mkl_status
 
     train_records = [r for r in records if r.get("split") == "train"]
     return {
@@ -495,6 +496,7 @@ def _summary(
             "cpu": cpu_description(),
             "torch": torch.__version__,
             "threads": config.train.threads or torch.get_num_threads(),
+            **mkl_status(),
         },
     }
 

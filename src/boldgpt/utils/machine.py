@@ -14,15 +14,14 @@ _EXTENSIONS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 """The x86 flags that decide which float32 / bf16 kernels torch's CPU backends use."""
 
 
-def cpu_description(cpuinfo: str | None = None) -> str:
-    """The CPU's model name, family / model numbers and the extensions of
-    :data:`_EXTENSIONS` it has, from ``/proc/cpuinfo`` (or the text ``cpuinfo``), e.g.
-    ``"AMD EPYC (family 25, model 1; avx2)"``; elsewhere ``platform.processor()``."""
+def _cpu_fields(cpuinfo: str | None = None) -> dict[str, str] | None:
+    """The first processor's ``key: value`` lines of ``/proc/cpuinfo`` (or the text
+    ``cpuinfo``); None where there is no such file."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
         except OSError:
-            return platform.processor() or platform.machine()
+            return None
     fields: dict[str, str] = {}
     for line in cpuinfo.splitlines():
         key, sep, value = line.partition(":")
@@ -31,6 +30,23 @@ def cpu_description(cpuinfo: str | None = None) -> str:
                 break  # the first processor's block is enough
             continue
         fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_vendor(cpuinfo: str | None = None) -> str | None:
+    """The CPU's vendor string (``"AuthenticAMD"``, ``"GenuineIntel"``) from
+    ``/proc/cpuinfo`` (or the text ``cpuinfo``); None where it does not say."""
+    fields = _cpu_fields(cpuinfo)
+    return (fields or {}).get("vendor_id") or None
+
+
+def cpu_description(cpuinfo: str | None = None) -> str:
+    """The CPU's model name, family / model numbers and the extensions of
+    :data:`_EXTENSIONS` it has, from ``/proc/cpuinfo`` (or the text ``cpuinfo``), e.g.
+    ``"AMD EPYC (family 25, model 1; avx2)"``; elsewhere ``platform.processor()``."""
+    fields = _cpu_fields(cpuinfo)
+    if fields is None:
+        return platform.processor() or platform.machine()
     name = fields.get("model name") or platform.processor() or platform.machine()
     flags = set(fields.get("flags", "").split())
     have = [f for f in _EXTENSIONS if f in flags]
