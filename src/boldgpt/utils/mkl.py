@@ -9,10 +9,11 @@ symbol scope before torch is, it is the definition torch's MKL binds to, and MKL
 picks among its kernels by the CPU's feature flags as it does on Intel CPUs (AVX2 on Zen 3,
 AVX-512 on Zen 4).
 
-On the 2-core AMD EPYC (Zen 3) development machine this made training steps 1.16x
-(``boldgpt_tiny_patch10``) and 1.26x (``boldgpt_small_patch10``) faster and KV-cache
-sampling 1.12-1.47x (batch 1-64); see ``benchmarks/RESULTS.md``. Results differ from the
-generic kernels' by float rounding only (the summation order of the products).
+On the 2-core AMD EPYC (Zen 3) development machine (``benchmarks/mkl_ab.py``, medians of
+alternated process pairs; see ``benchmarks/RESULTS.md``) training steps of the tiny and
+small boldGPT ran 1.08x and 1.09x faster, KV-cache sampling of tiny maps 1.17x / 1.06x /
+1.37x at batch 1 / 4 / 64, and single products of a training step's shapes 1.0-1.9x. Results
+differ from the generic kernels' by float rounding only (the products' summation order).
 
 ``import boldgpt`` calls :func:`enable_fast_mkl`, which loads the library when
 
@@ -76,8 +77,10 @@ def _load(cpuinfo: str | None) -> str:
     if os.environ.get(ENV_VAR, "").strip() == "0":
         return f"off ({ENV_VAR}=0)"
     vendor = cpu_vendor(cpuinfo)
+    if vendor is None:
+        return "not applicable (CPU vendor unknown)"
     if vendor != "AuthenticAMD":
-        return f"not needed ({vendor or 'CPU vendor unknown'})"
+        return f"not needed ({vendor})"
     if "torch" in sys.modules:
         return "off (torch was imported before boldgpt; import boldgpt first)"
     path = library_path()
@@ -93,7 +96,8 @@ def _load(cpuinfo: str | None) -> str:
 def enable_fast_mkl(cpuinfo: str | None = None) -> str:
     """Let MKL use its optimised kernels on this CPU where it needs telling (see the
     module's docstring); once per process. Returns the status :func:`mkl_status`
-    reports: ``"on"``, or why not (``"off (...)"``, ``"not needed (GenuineIntel)"``).
+    reports: ``"on"``, or why not (``"off (...)"``, ``"not needed (GenuineIntel)"``,
+    ``"not applicable (CPU vendor unknown)"``).
 
     Args:
         cpuinfo: the text of ``/proc/cpuinfo`` (tests); default: read it.
