@@ -73,7 +73,8 @@ def library_path() -> Path | None:
     return None
 
 
-def _load(cpuinfo: str | None) -> str:
+def _load(cpuinfo: str | None = None) -> str:
+    """The decision and the loading; ``cpuinfo``: the text of ``/proc/cpuinfo`` (tests)."""
     if os.environ.get(ENV_VAR, "").strip() == "0":
         return f"off ({ENV_VAR}=0)"
     vendor = cpu_vendor(cpuinfo)
@@ -93,18 +94,14 @@ def _load(cpuinfo: str | None) -> str:
     return "on"
 
 
-def enable_fast_mkl(cpuinfo: str | None = None) -> str:
+def enable_fast_mkl() -> str:
     """Let MKL use its optimised kernels on this CPU where it needs telling (see the
     module's docstring); once per process. Returns the status :func:`mkl_status`
     reports: ``"on"``, or why not (``"off (...)"``, ``"not needed (GenuineIntel)"``,
-    ``"not applicable (CPU vendor unknown)"``).
-
-    Args:
-        cpuinfo: the text of ``/proc/cpuinfo`` (tests); default: read it.
-    """
+    ``"not applicable (CPU vendor unknown)"``)."""
     global _status
     if _status is None:
-        _status = _load(cpuinfo)
+        _status = _load()
     return _status
 
 
