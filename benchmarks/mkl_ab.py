@@ -5,13 +5,13 @@
 
 Which kernels MKL runs is decided when torch loads, so the two variants run in separate
 processes (``BOLDGPT_FAST_MKL=0`` and the default), alternated ``--pairs`` times; each
-process measures the fp32 matmul at n = 2048, a training step (forward, backward, AdamW;
-batch 16, fp32, all threads) of ``boldgpt_tiny_patch10`` and ``boldgpt_small_patch10``
-over the real NSD-Flat mask, and KV-cache sampling of full tiny maps at batch 1, 4 and
-64 on one thread, as ``boldgpt generate`` does. Prints each pair and the median of the
-per-pair speed-ups (default / BOLDGPT_FAST_MKL=0), and writes them as JSON. Run it on a
-quiet machine: the host's speed drifts over minutes, which the alternation spreads over
-both variants.
+process measures the fp32 matmul at n = 2048, the training step of ``bench_models``
+(forward, backward, AdamW; batch 16, fp32, all threads) of ``boldgpt_tiny_patch10`` and
+``boldgpt_small_patch10`` over the real NSD-Flat mask, and KV-cache sampling of full tiny
+maps at batch 1, 4 and 64 on one thread, as ``boldgpt generate`` does. Prints each pair
+and the median of the per-pair speed-ups (default / BOLDGPT_FAST_MKL=0), and writes them
+as JSON. Run it on a quiet machine: the host's speed drifts over minutes, which the
+alternation spreads over both variants.
 """
 
 from __future__ import annotations
@@ -35,28 +35,20 @@ def measure() -> dict[str, float | str | None]:
     """One process's figures (seconds; GFLOP/s for the matmul)."""
     import torch
 
-    from bench_models import _batch
+    from bench_models import _batch, _build, _train_step
     from boldgpt.generate import sample
     from boldgpt.models.registry import create_model
     from boldgpt.utils.mkl import mkl_status
     from boldgpt.utils.threads import cpu_threads
     from common import load_mask, matmul_gflops, timeit
 
+    cpu = torch.device("cpu")
     mask, _ = load_mask()
     out: dict[str, float | str | None] = {**mkl_status()}
     out["matmul_2048_gflops"] = matmul_gflops(2048)
     for name in ("boldgpt_tiny_patch10", "boldgpt_small_patch10"):
-        torch.manual_seed(0)
-        model = create_model(name, mask=mask).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
-        batch = _batch(model, torch.device("cpu"), 16)
-
-        def step(model=model, opt=opt, batch=batch) -> None:
-            loss = model(batch).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
+        model = _build(name, "continuous", mask, cpu)
+        step = _train_step(model, _batch(model, cpu, 16), cpu, "float32")
         out[f"train {name} s/step"] = timeit(step, repeat=3, warmup=1)
     torch.manual_seed(0)
     model = create_model("boldgpt_tiny_patch10", mask=mask).eval()
